@@ -1,0 +1,61 @@
+"""Pure functions: time parsing/formatting, path quoting, keyword names."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from agentvault._core import identifier_for, quote_path
+from agentvault._models import format_time, parse_time
+
+
+def test_parse_time() -> None:
+    utc = timezone.utc
+    assert parse_time("2026-11-23T17:10:30.141363515Z") == datetime(
+        2026, 11, 23, 17, 10, 30, 141363, tzinfo=utc
+    )
+    assert parse_time("2026-11-23T17:10:30Z") == datetime(2026, 11, 23, 17, 10, 30, tzinfo=utc)
+    assert parse_time("2026-11-23T19:10:30.5+02:00") == datetime(
+        2026, 11, 23, 17, 10, 30, 500000, tzinfo=utc
+    )
+    assert parse_time("2026-11-23T17:10:30") == datetime(2026, 11, 23, 17, 10, 30, tzinfo=utc)
+    with pytest.raises(ValueError):
+        parse_time("yesterday")
+
+
+def test_format_time() -> None:
+    assert format_time(datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)) == "2030-01-02T03:04:05Z"
+    assert format_time(datetime(2030, 1, 2, 3, 4, 5)) == "2030-01-02T03:04:05Z"
+    east = timezone(timedelta(hours=2))
+    assert format_time(datetime(2030, 1, 2, 5, 4, 5, tzinfo=east)) == "2030-01-02T03:04:05Z"
+    assert format_time("2030-01-02T03:04:05Z") == "2030-01-02T03:04:05Z"
+    soon = parse_time(format_time(timedelta(seconds=60)))
+    assert abs((soon - datetime.now(timezone.utc)).total_seconds() - 60) < 5
+
+
+def test_quote_path_keeps_paths_byte_for_byte() -> None:
+    assert quote_path("prod/openai/api-key") == "prod/openai/api-key"
+    assert quote_path("a.b/c_d-e") == "a.b/c_d-e"
+    assert quote_path("a/../b") == "a/%2E%2E/b"
+    assert quote_path("./a") == "%2E/a"
+    assert quote_path("a b?c#d") == "a%20b%3Fc%23d"
+
+
+def test_identifier_for() -> None:
+    assert identifier_for("openai/api-key") == "openai_api_key"
+    assert identifier_for("db/password") == "db_password"
+    assert identifier_for("x.y/z-1") == "x_y_z_1"
+
+
+def test_route_probe_recognizes_a_missing_route() -> None:
+    import httpx
+    from conftest import route_missing
+
+    missing = httpx.Response(
+        404, json={"error": {"code": "not_found", "message": "no route for `/v1/tokens`"}}
+    )
+    served = httpx.Response(400, json={"error": {"code": "invalid_request", "message": "scope"}})
+    assert route_missing(missing) is True
+    assert route_missing(served) is False
+    assert route_missing(httpx.Response(404, text="not json")) is False

@@ -1,0 +1,298 @@
+# Unit tests of authz.rego. Run with `opa test policies/`, or through regorus by
+# `cargo test --lib policy` (which fails if any test_ rule here fails or none ran).
+package agentvault.authz_test
+
+import rego.v1
+
+import data.agentvault.authz
+
+cfg := {"approver_roles": ["approver"], "auditor_roles": ["auditor"]}
+
+me := "spiffe://example.org/agent/acme/bot"
+
+other := "spiffe://example.org/agent/acme/other-bot"
+
+subject(role) := {
+	"spiffe_id": me,
+	"tenant": "acme",
+	"agent": "bot",
+	"agent_id": me,
+	"role": role,
+	"uid": 1001,
+	"pid": 42,
+}
+
+secret(path, owner, scope) := {
+	"path": path,
+	"exists": true,
+	"owner": owner,
+	"owner_scope": scope,
+	"tier": "sensitive",
+	"type": "api_key",
+	"tags": {},
+}
+
+missing(path) := {
+	"path": path,
+	"exists": false,
+	"owner": null,
+	"owner_scope": null,
+	"tier": null,
+	"type": null,
+	"tags": {},
+}
+
+req(role, action, resource) := {
+	"subject": subject(role),
+	"action": action,
+	"resource": resource,
+	"grants": [],
+	"token": null,
+}
+
+with_grants(r, grants) := object.union(r, {"grants": grants})
+
+with_token(r, action, pattern) := object.union(r, {"token": {"action": action, "pattern": pattern}})
+
+decide(r) := d if {
+	d := authz.decision with input as r with data.agentvault.config as cfg
+}
+
+decide_cfg(r, c) := d if {
+	d := authz.decision with input as r with data.agentvault.config as c
+}
+
+allowed(r) if decide(r).allow == true
+
+denied_for(r, reasons) if {
+	d := decide(r)
+	d.allow == false
+	d.reasons == reasons
+}
+
+owner_actions := ["read", "write", "delete", "rotate", "grant", "token", "import"]
+
+# ---- rule 1: owner scope ----------------------------------------------------
+
+test_owner_agent_level_may_do_everything_to_unscoped if {
+	every a in owner_actions {
+		allowed(req(null, a, secret("prod/openai", me, null)))
+	}
+}
+
+test_owner_any_role_may_do_everything_to_unscoped if {
+	every a in owner_actions {
+		allowed(req("writer", a, secret("prod/openai", me, null)))
+	}
+}
+
+test_owner_allowed_reason if {
+	decide(req(null, "read", secret("prod/openai", me, null))) == {
+		"allow": true,
+		"reasons": ["caller's agent owns this secret"],
+	}
+}
+
+test_scoped_secret_allows_its_role if {
+	every a in owner_actions {
+		allowed(req("researcher", a, secret("prod/openai", me, "researcher")))
+	}
+	decide(req("researcher", "read", secret("prod/openai", me, "researcher"))).reasons == ["caller's role researcher owns this secret"]
+}
+
+test_scoped_secret_denies_other_role if {
+	every a in owner_actions {
+		denied_for(req("writer", a, secret("prod/openai", me, "researcher")), ["secret is scoped to role researcher"])
+	}
+}
+
+test_scoped_secret_denies_agent_level_caller if {
+	denied_for(req(null, "read", secret("prod/openai", me, "researcher")), ["secret is scoped to role researcher"])
+	denied_for(req(null, "write", secret("prod/openai", me, "researcher")), ["secret is scoped to role researcher"])
+}
+
+test_new_path_write_import_rotate_read_allowed if {
+	every a in ["write", "import", "rotate", "read"] {
+		decide(req("writer", a, missing("new/key"))) == {
+			"allow": true,
+			"reasons": ["no secret at this path yet; the writer becomes its owner"],
+		}
+	}
+	allowed(req(null, "write", missing("new/key")))
+}
+
+test_new_path_delete_grant_token_denied if {
+	denied_for(req(null, "delete", missing("new/key")), ["no secret at this path to delete"])
+	denied_for(req(null, "grant", missing("new/key")), ["no secret at this path to grant"])
+	denied_for(req(null, "token", missing("new/key")), ["no secret at this path to token"])
+}
+
+test_other_agent_may_not_write_delete_rotate_grant_token if {
+	every a in ["write", "delete", "rotate", "grant", "token", "import"] {
+		denied_for(req(null, a, secret("prod/openai", other, null)), ["not the owner of this secret"])
+	}
+}
+
+test_other_agent_may_not_read_without_grant if {
+	denied_for(req(null, "read", secret("prod/openai", other, null)), ["no grant covers this path", "not the owner of this secret"])
+}
+
+# ---- rule 2: grants ---------------------------------------------------------
+
+test_exact_grant_allows_read if {
+	r := with_grants(req(null, "read", secret("prod/openai", other, "researcher")), [{"agent_id": me, "path": "prod/openai"}])
+	decide(r) == {"allow": true, "reasons": ["grant of prod/openai covers this path"]}
+}
+
+test_prefix_grant_allows_read if {
+	r := with_grants(req("writer", "read", secret("prod/openai/key", other, null)), [{"agent_id": me, "path": "prod/*"}])
+	decide(r) == {"allow": true, "reasons": ["grant of prod/* covers this path"]}
+}
+
+test_prefix_grant_needs_a_whole_segment if {
+	r := with_grants(req(null, "read", secret("production/key", other, null)), [{"agent_id": me, "path": "prod/*"}])
+	denied_for(r, ["no grant covers this path", "not the owner of this secret"])
+}
+
+test_prefix_grant_does_not_cover_the_prefix_itself if {
+	r := with_grants(req(null, "read", secret("prod", other, null)), [{"agent_id": me, "path": "prod/*"}])
+	not allowed(r)
+}
+
+test_exact_grant_does_not_cover_children if {
+	r := with_grants(req(null, "read", secret("prod/openai/key", other, null)), [{"agent_id": me, "path": "prod/openai"}])
+	not allowed(r)
+}
+
+test_grant_to_another_agent_does_not_help if {
+	r := with_grants(req(null, "read", secret("prod/openai", other, null)), [{"agent_id": "spiffe://example.org/agent/acme/third", "path": "prod/openai"}])
+	denied_for(r, ["no grant covers this path", "not the owner of this secret"])
+}
+
+test_grants_never_allow_write_or_delete if {
+	every a in ["write", "delete", "rotate", "grant", "token"] {
+		r := with_grants(req(null, a, secret("prod/openai", other, null)), [{"agent_id": me, "path": "prod/*"}])
+		denied_for(r, ["not the owner of this secret"])
+	}
+}
+
+test_grant_does_not_bypass_own_role_scope if {
+	r := with_grants(req("writer", "read", secret("prod/openai", me, "researcher")), [{"agent_id": me, "path": "prod/*"}])
+	denied_for(r, ["secret is scoped to role researcher"])
+}
+
+# ---- rule 3: bearer tokens --------------------------------------------------
+
+test_read_token_exact_allows_read_of_other_agents_secret if {
+	r := with_token(req(null, "read", secret("prod/openai", other, "researcher")), "read", "prod/openai")
+	decide(r) == {"allow": true, "reasons": ["token scope secrets:read:prod/openai covers this path"]}
+}
+
+test_read_token_prefix_allows_read if {
+	r := with_token(req("writer", "read", secret("prod/openai/key", other, null)), "read", "prod/*")
+	allowed(r)
+}
+
+test_write_token_allows_write_regardless_of_owner if {
+	allowed(with_token(req(null, "write", secret("prod/openai", other, null)), "write", "prod/*"))
+	allowed(with_token(req("writer", "write", secret("prod/openai", me, "researcher")), "write", "prod/openai"))
+}
+
+test_token_action_mismatch_denies if {
+	r := with_token(req(null, "write", secret("prod/openai", other, null)), "read", "prod/*")
+	denied_for(r, ["not the owner of this secret", "token scope allows read, not write"])
+}
+
+test_token_never_allows_delete if {
+	r := with_token(req(null, "delete", secret("prod/openai", other, null)), "write", "prod/*")
+	denied_for(r, ["not the owner of this secret", "token scope allows write, not delete"])
+}
+
+test_token_path_mismatch_denies if {
+	r := with_token(req(null, "read", secret("staging/openai", other, null)), "read", "prod/*")
+	denied_for(r, ["no grant covers this path", "not the owner of this secret", "token scope does not cover this path"])
+}
+
+test_list_token_covers_prefixes_within_its_pattern if {
+	every prefix in ["prod", "prod/", "prod/openai"] {
+		r := with_token(req(null, "list", missing(prefix)), "list", "prod/*")
+		"token scope secrets:list:prod/* covers this path" in decide(r).reasons
+	}
+}
+
+test_list_token_does_not_cover_wider_prefix if {
+	every prefix in ["pro", "staging", "prodx"] {
+		r := with_token(req(null, "list", missing(prefix)), "list", "prod/*")
+		decide(r) == {"allow": true, "reasons": ["any caller of the tenant may list"]}
+	}
+}
+
+# ---- rule 4: listing --------------------------------------------------------
+
+test_any_caller_may_list if {
+	every role in [null, "writer"] {
+		decide(req(role, "list", missing("prod"))) == {"allow": true, "reasons": ["any caller of the tenant may list"]}
+	}
+	allowed(req(null, "list", secret("prod", other, "researcher")))
+}
+
+# ---- rule 5: approvals ------------------------------------------------------
+
+test_approver_may_approve if {
+	decide(req("approver", "approve", missing("approvals"))) == {"allow": true, "reasons": ["role approver may approve"]}
+}
+
+test_others_may_not_approve if {
+	denied_for(req("writer", "approve", missing("approvals")), ["role may not approve"])
+	denied_for(req(null, "approve", missing("approvals")), ["role may not approve"])
+}
+
+test_approver_roles_come_from_config if {
+	c := {"approver_roles": ["lead"], "auditor_roles": []}
+	decide_cfg(req("lead", "approve", missing("approvals")), c).allow == true
+	decide_cfg(req("approver", "approve", missing("approvals")), c).allow == false
+}
+
+# ---- rule 6: audit ----------------------------------------------------------
+
+test_agent_level_and_auditor_may_audit if {
+	decide(req(null, "audit", missing("audit"))) == {"allow": true, "reasons": ["the agent-level identity may read audit"]}
+	decide(req("auditor", "audit", missing("audit"))) == {"allow": true, "reasons": ["role auditor may read audit"]}
+}
+
+test_other_roles_may_not_audit if {
+	denied_for(req("writer", "audit", missing("audit")), ["only the agent or an auditor may read audit"])
+}
+
+test_auditor_roles_come_from_config if {
+	c := {"approver_roles": [], "auditor_roles": ["sec"]}
+	decide_cfg(req("sec", "audit", missing("audit")), c).allow == true
+	decide_cfg(req("auditor", "audit", missing("audit")), c).allow == false
+}
+
+# ---- default deny -----------------------------------------------------------
+
+test_unknown_action_is_denied if {
+	denied_for(req(null, "frobnicate", secret("prod/openai", me, null)), ["no rule allows frobnicate"])
+}
+
+test_empty_input_is_denied if {
+	decide({}) == {"allow": false, "reasons": ["no rule allows this request"]}
+}
+
+test_missing_config_denies_approve if {
+	d := authz.decision with input as req("approver", "approve", missing("approvals"))
+		with data.agentvault.config as {}
+	d == {"allow": false, "reasons": ["role may not approve"]}
+}
+
+test_write_token_allows_a_new_path if {
+	r := with_token(req(null, "write", missing("prod/new")), "write", "prod/*")
+	decide(r).allow == true
+	"token scope secrets:write:prod/* covers this path" in decide(r).reasons
+}
+
+test_token_does_not_help_approve_or_audit if {
+	denied_for(with_token(req("writer", "approve", missing("approvals")), "read", "approvals"), ["role may not approve"])
+	denied_for(with_token(req("writer", "audit", missing("audit")), "read", "audit"), ["only the agent or an auditor may read audit"])
+}

@@ -1,0 +1,464 @@
+//! Envelope encryption. Every secret version gets its own random 256-bit data
+//! key (DEK); the value is sealed with AES-256-GCM under the DEK and the DEK is
+//! sealed under the tenant's key-encryption key (KEK). Both seals authenticate
+//! the tenant, path and version, so a record copied to another key fails to open.
+//!
+//! Tenant KEKs are derived with HKDF-SHA256 from keyring master keys that carry
+//! ids, so the keyring can rotate while old versions stay readable.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use hkdf::Hkdf;
+use rand::rngs::OsRng;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use zeroize::{Zeroize, Zeroizing};
+
+const NONCE_LEN: usize = 12;
+const KEY_LEN: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("keyring {path}: {source}")]
+    KeyringIo {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("keyring {path}: {reason}")]
+    KeyringFormat { path: String, reason: String },
+    #[error("record was sealed with key `{0}`, which the keyring does not hold")]
+    UnknownKey(String),
+    /// Authentication failed: the record was tampered with, moved to another
+    /// tenant, path or version, or sealed under another key.
+    #[error("record failed its integrity check")]
+    Integrity,
+}
+
+/// A value sealed for storage: the wrapped DEK and the ciphertext, each
+/// `nonce || ciphertext || tag`. Holds no plaintext, so it may be logged or stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sealed {
+    pub kek_id: String,
+    #[serde(with = "b64")]
+    pub wrapped_dek: Vec<u8>,
+    #[serde(with = "b64")]
+    pub ciphertext: Vec<u8>,
+}
+
+/// What a seal is bound to. Encoded with length prefixes so that no two
+/// different triples share an encoding.
+#[derive(Debug, Clone, Copy)]
+pub struct Binding<'a> {
+    pub tenant: &'a str,
+    pub path: &'a str,
+    pub version: u64,
+}
+
+impl Binding<'_> {
+    fn aad(&self) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(32 + self.tenant.len() + self.path.len());
+        aad.extend_from_slice(b"agentvault/v1");
+        for part in [self.tenant.as_bytes(), self.path.as_bytes()] {
+            aad.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            aad.extend_from_slice(part);
+        }
+        aad.extend_from_slice(&self.version.to_be_bytes());
+        aad
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeyringFile {
+    active: String,
+    keys: Vec<KeyEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KeyEntry {
+    id: String,
+    key: String,
+    created_at: DateTime<Utc>,
+}
+
+/// Master keys by id, one of them active for new seals. Key bytes are zeroized on drop.
+pub struct Keyring {
+    active: String,
+    keys: HashMap<String, Zeroizing<[u8; KEY_LEN]>>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut ids: Vec<_> = self.keys.keys().collect();
+        ids.sort();
+        f.debug_struct("Keyring")
+            .field("active", &self.active)
+            .field("key_ids", &ids)
+            .finish()
+    }
+}
+
+impl Keyring {
+    /// A keyring with one fresh random key.
+    pub fn generate() -> Self {
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        OsRng.fill_bytes(key.as_mut());
+        let mut suffix = [0u8; 4];
+        OsRng.fill_bytes(&mut suffix);
+        let id = format!(
+            "k{}-{}",
+            Utc::now().format("%Y%m%d"),
+            suffix
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        Self {
+            active: id.clone(),
+            keys: HashMap::from([(id, key)]),
+        }
+    }
+
+    pub fn active_id(&self) -> &str {
+        &self.active
+    }
+
+    pub fn load(path: &Path) -> Result<Self, CryptoError> {
+        let display = path.display().to_string();
+        let text =
+            Zeroizing::new(
+                fs::read_to_string(path).map_err(|source| CryptoError::KeyringIo {
+                    path: display.clone(),
+                    source,
+                })?,
+            );
+        let format = |reason: String| CryptoError::KeyringFormat {
+            path: display.clone(),
+            reason,
+        };
+        let mut file: KeyringFile =
+            serde_json::from_str(&text).map_err(|e| format(e.to_string()))?;
+        let mut keys = HashMap::new();
+        for entry in &mut file.keys {
+            let bytes = Zeroizing::new(
+                B64.decode(entry.key.as_bytes())
+                    .map_err(|_| format(format!("key `{}` is not base64", entry.id)))?,
+            );
+            entry.key.zeroize();
+            let key: [u8; KEY_LEN] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| format(format!("key `{}` is not 32 bytes", entry.id)))?;
+            if keys.insert(entry.id.clone(), Zeroizing::new(key)).is_some() {
+                return Err(format(format!("key id `{}` appears twice", entry.id)));
+            }
+        }
+        if !keys.contains_key(&file.active) {
+            return Err(format(format!(
+                "active key `{}` is not in `keys`",
+                file.active
+            )));
+        }
+        Ok(Self {
+            active: file.active,
+            keys,
+        })
+    }
+
+    /// Writes the keyring to a new file with mode 0600; fails if the file exists.
+    pub fn save_new(&self, path: &Path) -> Result<(), CryptoError> {
+        let io = |source| CryptoError::KeyringIo {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut entries: Vec<KeyEntry> = self
+            .keys
+            .iter()
+            .map(|(id, key)| KeyEntry {
+                id: id.clone(),
+                key: B64.encode(key.as_ref()),
+                created_at: Utc::now(),
+            })
+            .collect();
+        entries.sort_by(|a, b| a.id.cmp(&b.id));
+        let file = KeyringFile {
+            active: self.active.clone(),
+            keys: entries,
+        };
+        let text = Zeroizing::new(
+            serde_json::to_string_pretty(&file).map_err(|e| io(std::io::Error::other(e)))?,
+        );
+        for mut entry in file.keys {
+            entry.key.zeroize();
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(io)?;
+        }
+        let mut out = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+        out.write_all(text.as_bytes()).map_err(io)?;
+        out.sync_all().map_err(io)
+    }
+
+    /// Loads the keyring at `path`, or makes and saves a fresh one there if none exists.
+    pub fn load_or_create(path: &Path) -> Result<Self, CryptoError> {
+        if path.exists() {
+            return Self::load(path);
+        }
+        let ring = Self::generate();
+        ring.save_new(path)?;
+        Ok(ring)
+    }
+
+    /// The KEKs of one tenant, derived once so that sealing costs no key derivation.
+    pub fn tenant_cipher(&self, tenant: &str) -> TenantCipher {
+        let keks = self
+            .keys
+            .iter()
+            .map(|(id, master)| {
+                let hk = Hkdf::<Sha256>::new(Some(b"agentvault kek v1"), master.as_ref());
+                let mut kek = Zeroizing::new([0u8; KEY_LEN]);
+                // 32 bytes is far below HKDF-SHA256's 8160-byte output limit.
+                hk.expand(tenant.as_bytes(), kek.as_mut())
+                    .expect("32-byte HKDF output");
+                (
+                    id.clone(),
+                    Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(kek.as_ref())),
+                )
+            })
+            .collect();
+        TenantCipher {
+            active: self.active.clone(),
+            keks,
+        }
+    }
+}
+
+/// Seals and opens secret values for one tenant.
+#[derive(Clone)]
+pub struct TenantCipher {
+    active: String,
+    keks: HashMap<String, Aes256Gcm>,
+}
+
+impl TenantCipher {
+    pub fn seal(&self, binding: Binding<'_>, plaintext: &[u8]) -> Result<Sealed, CryptoError> {
+        let kek = self
+            .keks
+            .get(&self.active)
+            .ok_or_else(|| CryptoError::UnknownKey(self.active.clone()))?;
+        let aad = binding.aad();
+        let mut dek = Zeroizing::new([0u8; KEY_LEN]);
+        OsRng.fill_bytes(dek.as_mut());
+        let data_cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(dek.as_ref()));
+        Ok(Sealed {
+            kek_id: self.active.clone(),
+            wrapped_dek: seal_with(kek, &aad, dek.as_ref())?,
+            ciphertext: seal_with(&data_cipher, &aad, plaintext)?,
+        })
+    }
+
+    pub fn open(
+        &self,
+        binding: Binding<'_>,
+        sealed: &Sealed,
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let kek = self
+            .keks
+            .get(&sealed.kek_id)
+            .ok_or_else(|| CryptoError::UnknownKey(sealed.kek_id.clone()))?;
+        let aad = binding.aad();
+        let dek = open_with(kek, &aad, &sealed.wrapped_dek)?;
+        if dek.len() != KEY_LEN {
+            return Err(CryptoError::Integrity);
+        }
+        let data_cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&dek));
+        open_with(&data_cipher, &aad, &sealed.ciphertext)
+    }
+}
+
+fn seal_with(cipher: &Aes256Gcm, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    OsRng.fill_bytes(&mut nonce);
+    let ct = cipher
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
+        .map_err(|_| CryptoError::Integrity)?;
+    let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ct);
+    Ok(out)
+}
+
+fn open_with(
+    cipher: &Aes256Gcm,
+    aad: &[u8],
+    sealed: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    if sealed.len() < NONCE_LEN {
+        return Err(CryptoError::Integrity);
+    }
+    let (nonce, ct) = sealed.split_at(NONCE_LEN);
+    cipher
+        .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
+        .map(Zeroizing::new)
+        .map_err(|_| CryptoError::Integrity)
+}
+
+mod b64 {
+    use super::{Engine, B64};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&B64.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = <&str>::deserialize(d)?;
+        B64.decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding(path: &str, version: u64) -> Binding<'_> {
+        Binding {
+            tenant: "acme",
+            path,
+            version,
+        }
+    }
+
+    #[test]
+    fn round_trips_and_uses_fresh_keys_and_nonces() {
+        let cipher = Keyring::generate().tenant_cipher("acme");
+        let a = cipher.seal(binding("p", 1), b"hunter2").unwrap();
+        let b = cipher.seal(binding("p", 1), b"hunter2").unwrap();
+        assert_ne!(a.ciphertext, b.ciphertext);
+        assert_ne!(a.wrapped_dek, b.wrapped_dek);
+        assert!(!a.ciphertext.windows(7).any(|w| w == b"hunter2"));
+        assert_eq!(
+            cipher.open(binding("p", 1), &a).unwrap().as_slice(),
+            b"hunter2"
+        );
+    }
+
+    #[test]
+    fn binding_mismatch_fails_closed() {
+        let ring = Keyring::generate();
+        let cipher = ring.tenant_cipher("acme");
+        let sealed = cipher.seal(binding("p", 1), b"v").unwrap();
+        assert!(matches!(
+            cipher.open(binding("q", 1), &sealed),
+            Err(CryptoError::Integrity)
+        ));
+        assert!(matches!(
+            cipher.open(binding("p", 2), &sealed),
+            Err(CryptoError::Integrity)
+        ));
+        let other = Binding {
+            tenant: "other",
+            path: "p",
+            version: 1,
+        };
+        assert!(matches!(
+            cipher.open(other, &sealed),
+            Err(CryptoError::Integrity)
+        ));
+        // Another tenant's KEK cannot unwrap the DEK even with the right binding.
+        let theirs = ring.tenant_cipher("other");
+        assert!(matches!(
+            theirs.open(binding("p", 1), &sealed),
+            Err(CryptoError::Integrity)
+        ));
+    }
+
+    #[test]
+    fn tampering_fails_closed() {
+        let cipher = Keyring::generate().tenant_cipher("acme");
+        let sealed = cipher.seal(binding("p", 1), b"value").unwrap();
+        let mut flipped = sealed.clone();
+        let last = flipped.ciphertext.len() - 1;
+        flipped.ciphertext[last] ^= 1;
+        assert!(cipher.open(binding("p", 1), &flipped).is_err());
+        let mut short = sealed;
+        short.wrapped_dek.truncate(5);
+        assert!(cipher.open(binding("p", 1), &short).is_err());
+    }
+
+    #[test]
+    fn keyring_file_round_trips_with_private_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys/keyring.json");
+        let ring = Keyring::load_or_create(&path).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let again = Keyring::load_or_create(&path).unwrap();
+        assert_eq!(again.active_id(), ring.active_id());
+        let t = Binding {
+            tenant: "t",
+            path: "p",
+            version: 1,
+        };
+        let sealed = ring.tenant_cipher("t").seal(t, b"x").unwrap();
+        assert_eq!(
+            again
+                .tenant_cipher("t")
+                .open(t, &sealed)
+                .unwrap()
+                .as_slice(),
+            b"x"
+        );
+        assert!(ring.save_new(&path).is_err(), "never overwrites a keyring");
+    }
+
+    #[test]
+    fn rejects_malformed_keyrings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.json");
+        for body in [
+            "not json",
+            r#"{"active":"a","keys":[]}"#,
+            r#"{"active":"a","keys":[{"id":"a","key":"c2hvcnQ=","created_at":"2026-01-01T00:00:00Z"}]}"#,
+        ] {
+            fs::write(&path, body).unwrap();
+            assert!(
+                matches!(Keyring::load(&path), Err(CryptoError::KeyringFormat { .. })),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_key_id_is_reported() {
+        let cipher = Keyring::generate().tenant_cipher("acme");
+        let mut sealed = cipher.seal(binding("p", 1), b"v").unwrap();
+        sealed.kek_id = "gone".into();
+        assert!(matches!(
+            cipher.open(binding("p", 1), &sealed),
+            Err(CryptoError::UnknownKey(_))
+        ));
+    }
+}

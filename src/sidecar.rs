@@ -1,0 +1,273 @@
+//! Assembles a sidecar from [`Settings`]: keyring, store, policy, metrics and
+//! the socket, then the vault once the SVID names the workload. Until then
+//! every request answers `unavailable` with the reason.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+
+use crate::api::Api;
+use crate::config::{IdentitySettings, Settings, StorageSettings};
+use crate::crypto::{CryptoError, Keyring};
+use crate::expiry::Notifier;
+use crate::identity::{IdentityError, WorkloadIdentity};
+use crate::metrics::{self, Metrics};
+use crate::policy::{PolicyEngine, PolicyError};
+use crate::server::{self, BoundSocket};
+use crate::store::{EmbeddedStore, RedisStore, Store, StoreError};
+use crate::svid::{SvidError, SvidSource, SvidState};
+use crate::vault::{Vault, VaultState, VaultWatch};
+
+/// How long the dev identity's self-signed SVID is valid.
+const DEV_SVID_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How often the policy directory is checked for changes.
+const POLICY_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Keyring(#[from] CryptoError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Svid(#[from] SvidError),
+    #[error("the SVID's SPIFFE ID does not name an agent: {0}")]
+    Identity(#[from] IdentityError),
+    #[error("socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("metrics address {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A started sidecar: everything is bound, nothing is served yet.
+pub struct Sidecar {
+    socket: BoundSocket,
+    api: Arc<Api>,
+    settings: Settings,
+    vault: VaultWatch,
+    storage: &'static str,
+    metrics_addr: Option<SocketAddr>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    fatal: oneshot::Receiver<StartError>,
+}
+
+impl Sidecar {
+    pub async fn start(settings: Settings) -> Result<Self, StartError> {
+        let keyring = if settings.create_keyring {
+            Keyring::load_or_create(&settings.keyring)?
+        } else {
+            Keyring::load(&settings.keyring)?
+        };
+        let store: Arc<dyn Store> = match &settings.storage {
+            StorageSettings::Embedded(path) => Arc::new(EmbeddedStore::open(path)?),
+            StorageSettings::Redis(target) => Arc::new(RedisStore::new(target.clone())),
+        };
+        let storage = store.kind();
+        let policy = Arc::new(match &settings.policy_dir {
+            Some(dir) => PolicyEngine::load(dir, settings.policy.clone())?,
+            None => PolicyEngine::builtin(settings.policy.clone())?,
+        });
+        let mut tasks = Vec::new();
+        if settings.policy_dir.is_some() {
+            tasks.push(policy.watch(POLICY_RELOAD_INTERVAL));
+        }
+        let metrics = Arc::new(Metrics::new());
+        let svids = match &settings.identity {
+            IdentitySettings::Fixed(identity) => {
+                SvidSource::self_signed(&identity.spiffe_id, DEV_SVID_TTL)?
+            }
+            IdentitySettings::WorkloadApi { endpoint, .. } => SvidSource::workload_api(endpoint),
+        };
+        let (vault_tx, vault) =
+            watch::channel(VaultState::Starting("waiting for an X.509-SVID".into()));
+        let (fatal_tx, fatal) = oneshot::channel();
+        let assembly = Assembly {
+            store,
+            keyring,
+            policy,
+            metrics: metrics.clone(),
+            settings: settings.clone(),
+        };
+        tasks.push(tokio::spawn(assembly.follow(svids, vault_tx, fatal_tx)));
+        let api = Arc::new(Api::new(
+            vault.clone(),
+            metrics.clone(),
+            settings.max_body_bytes,
+        ));
+        let metrics_addr = match settings.metrics_addr {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Metrics { addr, source })?;
+                let bound = listener.local_addr().unwrap_or(addr);
+                tasks.push(tokio::spawn(metrics::serve(listener, metrics)));
+                Some(bound)
+            }
+            None => None,
+        };
+        let socket = BoundSocket::bind(&settings.socket, settings.socket_mode)
+            .await
+            .map_err(|source| StartError::Socket {
+                path: settings.socket.clone(),
+                source,
+            })?;
+        Ok(Self {
+            socket,
+            api,
+            settings,
+            vault,
+            storage,
+            metrics_addr,
+            tasks,
+            fatal,
+        })
+    }
+
+    pub fn socket_path(&self) -> &std::path::Path {
+        self.socket.path()
+    }
+
+    /// The workload identity, once the vault is ready.
+    pub fn identity(&self) -> Option<WorkloadIdentity> {
+        match &*self.vault.borrow() {
+            VaultState::Ready(vault) => Some(vault.workload().clone()),
+            VaultState::Starting(_) => None,
+        }
+    }
+
+    /// Waits until the vault is ready (the SVID arrived) or `timeout` passes.
+    pub async fn ready(&mut self, timeout: Duration) -> Option<WorkloadIdentity> {
+        let mut vault = self.vault.clone();
+        let _ = tokio::time::timeout(
+            timeout,
+            vault.wait_for(|state| matches!(state, VaultState::Ready(_))),
+        )
+        .await;
+        self.identity()
+    }
+
+    pub fn storage(&self) -> &'static str {
+        self.storage
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Serves until `shutdown` resolves, then drains and removes the socket.
+    /// Fails if the SVID turns out not to name an agent.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+        let mut fatal = self.fatal;
+        let mut failure = None;
+        let stop = async {
+            tokio::select! {
+                () = shutdown => {},
+                Ok(e) = &mut fatal => failure = Some(e),
+            }
+        };
+        server::serve(
+            self.socket,
+            self.api,
+            Arc::new(self.settings.roles.clone()),
+            stop,
+        )
+        .await;
+        for task in self.tasks {
+            task.abort();
+        }
+        failure.map_or(Ok(()), Err)
+    }
+}
+
+/// What the vault is built from once the identity is known.
+struct Assembly {
+    store: Arc<dyn Store>,
+    keyring: Keyring,
+    policy: Arc<PolicyEngine>,
+    metrics: Arc<Metrics>,
+    settings: Settings,
+}
+
+impl Assembly {
+    /// Follows the SVID source: publishes why the vault is not ready, builds it
+    /// from the first SVID, and then keeps the SVID expiry metric current
+    /// through rotations. Reports a fatal error if the SPIFFE ID names no agent.
+    async fn follow(
+        self,
+        svids: SvidSource,
+        vault_tx: watch::Sender<VaultState>,
+        fatal: oneshot::Sender<StartError>,
+    ) {
+        let pattern = match &self.settings.identity {
+            IdentitySettings::WorkloadApi { pattern, .. } => pattern.clone(),
+            IdentitySettings::Fixed(_) => crate::identity::DEFAULT_ID_PATTERN.to_owned(),
+        };
+        let mut updates = svids.subscribe();
+        let mut identity: Option<WorkloadIdentity> = None;
+        loop {
+            let state = updates.borrow_and_update().clone();
+            match state {
+                SvidState::Pending(why) if identity.is_none() => {
+                    vault_tx.send_replace(VaultState::Starting(format!(
+                        "waiting for an X.509-SVID: {why}"
+                    )));
+                }
+                SvidState::Pending(_) => {}
+                SvidState::Ready(svid) => {
+                    self.metrics.svid_expiry(svid.not_after.timestamp());
+                    match &identity {
+                        None => match WorkloadIdentity::parse(&svid.spiffe_id, &pattern) {
+                            Ok(id) => {
+                                tracing::info!(identity = %id.spiffe_id, not_after = %svid.not_after, "SVID received");
+                                let vault = Vault::new(
+                                    self.store.clone(),
+                                    self.keyring.tenant_cipher(&id.tenant),
+                                    id.clone(),
+                                    self.settings.limits,
+                                    self.policy.clone(),
+                                    self.settings.access,
+                                );
+                                let vault = Arc::new(vault);
+                                let notifier = Notifier::new(
+                                    vault.clone(),
+                                    self.metrics.clone(),
+                                    self.settings.expiry_webhook.clone(),
+                                );
+                                tokio::spawn(notifier.run(self.settings.expiry_check_interval));
+                                vault_tx.send_replace(VaultState::Ready(vault));
+                                identity = Some(id);
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "the SVID does not name an agent");
+                                let _ = fatal.send(e.into());
+                                return;
+                            }
+                        },
+                        Some(id) if id.spiffe_id != svid.spiffe_id => tracing::error!(
+                            serving = %id.spiffe_id, rotated = %svid.spiffe_id,
+                            "a rotated SVID names another workload; keeping the first identity"
+                        ),
+                        Some(_) => tracing::info!(not_after = %svid.not_after, "SVID rotated"),
+                    }
+                }
+            }
+            if updates.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! A secret's life after its first write: version history and its retention,
+//! rollback, rotation with a grace period, metadata updates and expiry warnings.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::access::resource;
+use super::{
+    check_not_expired, not_found, parse_path, Metadata, PutRequest, SecretValue, Vault, VaultError,
+    Written, PAGE,
+};
+use crate::identity::Caller;
+use crate::model::{SecretPath, SecretType, Tier};
+use crate::policy::{Action, Resource};
+use crate::store::Commit;
+
+/// The longest grace period a rotation may give the version it replaces.
+pub const MAX_GRACE: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Expiry warnings go out this long before a secret expires, once per window;
+/// tightest first, so a secret already inside one day gets only the one-day warning.
+pub const EXPIRY_WINDOWS: [(&str, Duration); 2] = [
+    ("1d", Duration::from_secs(24 * 3600)),
+    ("7d", Duration::from_secs(7 * 24 * 3600)),
+];
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VersionInfo {
+    pub version: u64,
+    pub created_at: DateTime<Utc>,
+    pub active: bool,
+    /// When a rotation's grace period for this version ends.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rotated {
+    pub new_version: u64,
+    pub old_version: u64,
+    pub old_expires_at: DateTime<Utc>,
+}
+
+/// A change of metadata without a new version. Absent fields stay as they
+/// are; `expires_at: null` removes the expiry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetadataUpdate {
+    #[serde(default, rename = "type")]
+    pub secret_type: Option<SecretType>,
+    #[serde(default)]
+    pub tier: Option<Tier>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub tags: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub scope: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+}
+
+/// Tells a field given as `null` (Some(None)) from one left out (None).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// A secret entering an expiry-warning window, claimed by this sidecar alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiryWarning {
+    pub path: String,
+    pub expires_at: DateTime<Utc>,
+    pub window: &'static str,
+}
+
+impl Vault {
+    /// Every stored version of a secret, oldest first.
+    pub async fn versions(
+        &self,
+        caller: &Caller,
+        path: &str,
+    ) -> Result<Vec<VersionInfo>, VaultError> {
+        let path = parse_path(path)?;
+        let access = self.access(caller).await?;
+        let record = self.record(&path).await?;
+        self.authorize(
+            &access,
+            Action::Read,
+            resource(record.as_ref(), path.as_str()),
+        )
+        .await?;
+        let record = record.ok_or_else(|| not_found(&path))?;
+        let versions = self
+            .store
+            .versions(&self.workload.tenant, path.as_str())
+            .await?;
+        Ok(versions
+            .into_iter()
+            .map(|v| VersionInfo {
+                version: v.version,
+                created_at: v.created_at,
+                active: v.version == record.active_version,
+                expires_at: record.expiry_of(&v),
+            })
+            .collect())
+    }
+
+    /// Makes an earlier version active again, reusing its sealed data key and
+    /// ciphertext (the seal is bound to its version number, which does not change).
+    pub async fn rollback(
+        &self,
+        caller: &Caller,
+        path: &str,
+        version: u64,
+    ) -> Result<Written, VaultError> {
+        let path = parse_path(path)?;
+        if version == 0 {
+            return Err(VaultError::invalid("version", "versions start at 1"));
+        }
+        let access = self.access(caller).await?;
+        self.retrying(|| async {
+            let now = Utc::now();
+            let snapshot = self
+                .store
+                .read(&self.workload.tenant, path.as_str(), Some(version))
+                .await?;
+            let current = snapshot.as_ref().map(|(record, _)| record);
+            self.authorize(&access, Action::Write, resource(current, path.as_str()))
+                .await?;
+            let Some((mut record, target)) = snapshot else {
+                return Err(not_found(&path));
+            };
+            let mut target = target.ok_or_else(|| {
+                VaultError::NotFound(format!("secret `{path}` has no version {version}"))
+            })?;
+            check_not_expired(&path, &record, &target, now)?;
+            // Active again, so a grace period from an earlier rotation no longer applies.
+            target.expires_at = None;
+            let restored = record.retired_expiry.get(&version).copied();
+            record.activate(version, restored);
+            record.updated_at = now;
+            let commit = Commit {
+                expected_latest: record.latest_version,
+                record,
+                versions: vec![target],
+                prune: Vec::new(),
+            };
+            self.store.commit(&self.workload.tenant, &commit).await?;
+            Ok(())
+        })
+        .await?;
+        tracing::debug!(caller = %caller, path = %path, version, "secret rolled back");
+        Ok(Written {
+            path: path.to_string(),
+            version,
+        })
+    }
+
+    /// Writes `value` as the new active version; the version it replaces stays
+    /// readable by number for the grace period, then answers `expired`.
+    pub async fn rotate(
+        &self,
+        caller: &Caller,
+        path: &str,
+        value: SecretValue,
+        grace: Option<Duration>,
+    ) -> Result<Rotated, VaultError> {
+        let path = parse_path(path)?;
+        let grace = grace.unwrap_or(self.limits.default_grace);
+        if grace > MAX_GRACE {
+            return Err(VaultError::invalid(
+                "grace_period_seconds",
+                format!("at most {} seconds", MAX_GRACE.as_secs()),
+            ));
+        }
+        let req = PutRequest {
+            value,
+            ..PutRequest::new("")
+        };
+        self.validate_put(&req)?;
+        let grace = chrono::Duration::from_std(grace)
+            .map_err(|_| VaultError::invalid("grace_period_seconds", "too long"))?;
+        let access = self.access(caller).await?;
+        let rotated = self
+            .retrying(|| async {
+                let now = Utc::now();
+                let snapshot = self
+                    .store
+                    .read(&self.workload.tenant, path.as_str(), None)
+                    .await?;
+                let current = snapshot.as_ref().map(|(record, _)| record);
+                self.authorize(&access, Action::Rotate, resource(current, path.as_str()))
+                    .await?;
+                let Some((record, old)) = snapshot else {
+                    return Err(not_found(&path));
+                };
+                let mut old = old.ok_or_else(|| {
+                    VaultError::Corrupt(format!("`{path}` has no active version"))
+                })?;
+                let mut commit = self.plan_write(&path, Some(record), &req, now).await?;
+                let grace_end = now + grace;
+                old.expires_at = Some(old.expires_at.map_or(grace_end, |at| at.min(grace_end)));
+                let rotated = Rotated {
+                    new_version: commit.record.active_version,
+                    old_version: old.version,
+                    old_expires_at: commit.record.expiry_of(&old).unwrap_or(grace_end),
+                };
+                commit.versions.push(old);
+                self.store.commit(&self.workload.tenant, &commit).await?;
+                Ok(rotated)
+            })
+            .await?;
+        tracing::debug!(caller = %caller, path = %path, version = rotated.new_version, "secret rotated");
+        Ok(rotated)
+    }
+
+    /// Changes metadata (including `expires_at`, which renews an expired
+    /// secret) without writing a new version.
+    pub async fn update(
+        &self,
+        caller: &Caller,
+        path: &str,
+        update: MetadataUpdate,
+    ) -> Result<Metadata, VaultError> {
+        let path = parse_path(path)?;
+        let check = PutRequest {
+            description: update.description.clone(),
+            tags: update.tags.clone(),
+            scope: update.scope.clone(),
+            ..PutRequest::new("")
+        };
+        self.validate_put(&check)?;
+        let access = self.access(caller).await?;
+        let record = self
+            .retrying(|| async {
+                let mut record = self.record(&path).await?.ok_or_else(|| not_found(&path))?;
+                self.authorize(&access, Action::Write, Resource::of(&record))
+                    .await?;
+                if let Some(t) = update.secret_type {
+                    record.secret_type = t;
+                }
+                if let Some(t) = update.tier {
+                    record.tier = t;
+                }
+                if let Some(d) = &update.description {
+                    record.description = Some(d.clone());
+                }
+                if let Some(t) = &update.tags {
+                    record.tags = t.clone();
+                }
+                if let Some(s) = &update.scope {
+                    record.scope = Some(s.clone());
+                }
+                if let Some(expires_at) = update.expires_at {
+                    record.expires_at = expires_at;
+                }
+                record.updated_at = Utc::now();
+                let commit = Commit {
+                    expected_latest: record.latest_version,
+                    record: record.clone(),
+                    versions: Vec::new(),
+                    prune: Vec::new(),
+                };
+                self.store.commit(&self.workload.tenant, &commit).await?;
+                Ok(record)
+            })
+            .await?;
+        tracing::debug!(caller = %caller, path = %path, "secret metadata updated");
+        Ok(Metadata::of(&record, record.active_version))
+    }
+
+    /// The versions history retention drops when `new_version` is written:
+    /// the oldest beyond `max_versions`, and those older than `max_version_age`.
+    /// Never the new version, the one it replaces, or one still in a grace period.
+    pub(super) async fn retention_prune(
+        &self,
+        path: &SecretPath,
+        new_version: u64,
+        replaced: u64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<u64>, VaultError> {
+        let limits = self.limits;
+        if limits.max_versions == 0 && limits.max_version_age.is_none() {
+            return Ok(Vec::new());
+        }
+        let existing = self
+            .store
+            .versions(&self.workload.tenant, path.as_str())
+            .await?;
+        let kept = |v: &crate::model::VersionRecord| {
+            v.version == new_version
+                || v.version == replaced
+                || v.expires_at.is_some_and(|at| at > now)
+        };
+        let mut prune = Vec::new();
+        if limits.max_versions > 0 {
+            let mut excess = (existing.len() + 1).saturating_sub(limits.max_versions);
+            for v in existing.iter().filter(|v| !kept(v)) {
+                if excess == 0 {
+                    break;
+                }
+                prune.push(v.version);
+                excess -= 1;
+            }
+        }
+        if let Some(age) = limits
+            .max_version_age
+            .and_then(|a| chrono::Duration::from_std(a).ok())
+        {
+            let cutoff = now - age;
+            let aged: Vec<u64> = existing
+                .iter()
+                .filter(|v| !kept(v) && v.created_at < cutoff && !prune.contains(&v.version))
+                .map(|v| v.version)
+                .collect();
+            prune.extend(aged);
+        }
+        Ok(prune)
+    }
+
+    /// Finds secrets inside an expiry-warning window and claims each warning in
+    /// the store, so that of all sidecars sharing it exactly one sends it.
+    pub async fn claim_expiry_warnings(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<ExpiryWarning>, VaultError> {
+        let tenant = &self.workload.tenant;
+        let mut warnings = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.list(tenant, "", after.as_deref(), PAGE).await?;
+            for record in &page {
+                let Some(expires_at) = record.expires_at.filter(|at| *at > now) else {
+                    continue;
+                };
+                let left = (expires_at - now).to_std().unwrap_or_default();
+                let Some((window, _)) = EXPIRY_WINDOWS.iter().find(|(_, w)| left <= *w) else {
+                    continue;
+                };
+                let claim = format!(
+                    "expiry-warning:{}:{}:{window}",
+                    record.path,
+                    expires_at.timestamp()
+                );
+                if self
+                    .store
+                    .claim(tenant, &claim, left + Duration::from_secs(24 * 3600))
+                    .await?
+                {
+                    warnings.push(ExpiryWarning {
+                        path: record.path.clone(),
+                        expires_at,
+                        window,
+                    });
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == PAGE => after = Some(last.path.clone()),
+                _ => return Ok(warnings),
+            }
+        }
+    }
+}

@@ -1,0 +1,849 @@
+//! The domain: reading and writing one tenant's secrets, sealed under the
+//! tenant's keys, through any [`Store`]. Knows nothing of HTTP or Redis, so
+//! every front end (the Unix-socket API today, Envoy ext_authz/SDS next) shares it.
+
+mod access;
+mod import;
+mod lifecycle;
+
+pub use self::access::{AccessSettings, ApprovalView, TokenIssued, TokenRequest};
+pub use self::import::{ImportAction, ImportReport, ImportRequest, ImportedSecret};
+pub use self::lifecycle::{ExpiryWarning, MetadataUpdate, Rotated, VersionInfo};
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use zeroize::Zeroizing;
+
+use self::access::{resource, Access};
+use crate::crypto::{Binding, CryptoError, TenantCipher};
+use crate::identity::{Caller, WorkloadIdentity};
+use crate::model::{
+    is_path_char, SecretPath, SecretRecord, SecretType, Tier, VersionRecord, MAX_PATH_LEN,
+};
+use crate::policy::{Action, PolicyEngine, Resource};
+use crate::store::{Commit, Store, StoreError};
+
+/// How often a write re-reads and retries after losing a race to another writer.
+const MAX_WRITE_ATTEMPTS: usize = 32;
+const MAX_DESCRIPTION: usize = 1024;
+const MAX_TAGS: usize = 64;
+const MAX_TAG_LEN: usize = 256;
+pub const DEFAULT_LIST_LIMIT: usize = 50;
+/// Page size for the vault's own walks over a tenant's secrets.
+const PAGE: usize = 200;
+pub const MAX_LIST_LIMIT: usize = 200;
+
+/// The contract's error codes. Every front end maps these, and only these, to
+/// its own status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidRequest,
+    Unauthenticated,
+    PolicyDenied,
+    NotFound,
+    Conflict,
+    Expired,
+    TooLarge,
+    RateLimited,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::Unauthenticated => "unauthenticated",
+            Self::PolicyDenied => "policy_denied",
+            Self::NotFound => "not_found",
+            Self::Conflict => "conflict",
+            Self::Expired => "expired",
+            Self::TooLarge => "too_large",
+            Self::RateLimited => "rate_limited",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// Why a vault operation failed. Messages never contain a secret value.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("cas {expected} does not match the current version {current}")]
+    Conflict { expected: u64, current: u64 },
+    #[error("secret `{path}` expired at {at}")]
+    Expired { path: String, at: DateTime<Utc> },
+    #[error("{what} is over the limit of {limit} bytes")]
+    TooLarge { what: String, limit: usize },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("secret `{path}` could not be decrypted: {source}")]
+    Integrity {
+        path: String,
+        #[source]
+        source: CryptoError,
+    },
+    #[error("corrupt stored record: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    AlreadyDecided(String),
+    /// The policy said no. The reasons never name a value.
+    #[error("the policy denied this request: {}", reasons.join("; "))]
+    Denied { reasons: Vec<String> },
+    /// Lost every retry against concurrent writers of the same secret.
+    #[error("too many concurrent writers; retry")]
+    Raced,
+}
+
+impl VaultError {
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// The one mapping from domain failures to the contract's codes.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Invalid { .. } => ErrorCode::InvalidRequest,
+            Self::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            Self::Denied { .. } => ErrorCode::PolicyDenied,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::Conflict { .. } | Self::AlreadyDecided(_) => ErrorCode::Conflict,
+            Self::Expired { .. } => ErrorCode::Expired,
+            Self::TooLarge { .. } => ErrorCode::TooLarge,
+            Self::Unavailable(_) | Self::Raced => ErrorCode::Unavailable,
+            Self::Integrity { .. } | Self::Corrupt(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<StoreError> for VaultError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(why) => {
+                Self::Unavailable(format!("storage unavailable: {why}"))
+            }
+            StoreError::Conflict => Self::Raced,
+            corrupt @ StoreError::Corrupt { .. } => Self::Corrupt(corrupt.to_string()),
+        }
+    }
+}
+
+/// A plaintext secret value: zeroized on drop, redacted from `Debug` and `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValue(Zeroizing<String>);
+
+impl SecretValue {
+    pub fn new(value: String) -> Self {
+        Self(Zeroizing::new(value))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretValue([redacted])")
+    }
+}
+
+impl Serialize for SecretValue {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self::new)
+    }
+}
+
+/// A write of a new version. Metadata fields left out keep their current
+/// values; `expires_at` belongs to the write, so a write without it clears expiry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutRequest {
+    pub value: SecretValue,
+    #[serde(default, rename = "type")]
+    pub secret_type: Option<SecretType>,
+    #[serde(default)]
+    pub tier: Option<Tier>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub tags: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// The version the writer expects to be current; 0 means "must not exist".
+    #[serde(default)]
+    pub cas: Option<u64>,
+}
+
+impl PutRequest {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self {
+            value: SecretValue::new(value.into()),
+            secret_type: None,
+            tier: None,
+            description: None,
+            tags: None,
+            expires_at: None,
+            scope: None,
+            cas: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Written {
+    pub path: String,
+    pub version: u64,
+}
+
+/// A secret's metadata as the contract shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Metadata {
+    pub path: String,
+    pub version: u64,
+    #[serde(rename = "type")]
+    pub secret_type: SecretType,
+    pub tier: Tier,
+    pub description: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub scope: Option<String>,
+}
+
+impl Metadata {
+    fn of(record: &SecretRecord, version: u64) -> Self {
+        Self {
+            path: record.path.clone(),
+            version,
+            secret_type: record.secret_type,
+            tier: record.tier,
+            description: record.description.clone(),
+            tags: record.tags.clone(),
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+            expires_at: record.expires_at,
+            scope: record.scope.clone(),
+        }
+    }
+}
+
+/// A secret with its value. `Debug` shows the metadata only.
+#[derive(Debug, Clone, Serialize)]
+pub struct Secret {
+    #[serde(flatten)]
+    pub metadata: Metadata,
+    pub value: SecretValue,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Page {
+    pub items: Vec<Metadata>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct BatchResult {
+    pub secrets: BTreeMap<String, SecretValue>,
+    pub errors: BTreeMap<String, VaultError>,
+}
+
+/// Limits the vault enforces whatever the front end.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_value_bytes: usize,
+    pub max_batch_paths: usize,
+    pub max_import_entries: usize,
+    /// Versions kept per secret, the active one included; 0 keeps all.
+    pub max_versions: usize,
+    /// Inactive versions older than this are dropped at the next write.
+    pub max_version_age: Option<Duration>,
+    /// How long a rotated-out version stays readable when the caller names no grace period.
+    pub default_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_value_bytes: 64 * 1024,
+            max_batch_paths: 100,
+            max_import_entries: 1000,
+            max_versions: 20,
+            max_version_age: None,
+            default_grace: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What health reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Health {
+    pub identity: String,
+    pub storage: &'static str,
+}
+
+/// The vault, once the workload's identity is known. Front ends answer
+/// `unavailable` with the reason while it is still `Starting`.
+#[derive(Clone)]
+pub enum VaultState {
+    Starting(String),
+    Ready(Arc<Vault>),
+}
+
+pub type VaultWatch = tokio::sync::watch::Receiver<VaultState>;
+
+/// The ready vault, or why there is none yet.
+pub fn current_vault(watch: &VaultWatch) -> Result<Arc<Vault>, VaultError> {
+    match &*watch.borrow() {
+        VaultState::Ready(vault) => Ok(vault.clone()),
+        VaultState::Starting(why) => Err(VaultError::Unavailable(why.clone())),
+    }
+}
+
+/// One tenant's secrets, every access decided by the policy engine.
+pub struct Vault {
+    store: Arc<dyn Store>,
+    cipher: TenantCipher,
+    workload: WorkloadIdentity,
+    limits: Limits,
+    policy: Arc<PolicyEngine>,
+    access: AccessSettings,
+}
+
+fn parse_path(path: &str) -> Result<SecretPath, VaultError> {
+    SecretPath::parse(path).map_err(|e| VaultError::invalid("path", e.to_string()))
+}
+
+impl Vault {
+    pub fn new(
+        store: Arc<dyn Store>,
+        cipher: TenantCipher,
+        workload: WorkloadIdentity,
+        limits: Limits,
+        policy: Arc<PolicyEngine>,
+        access: AccessSettings,
+    ) -> Self {
+        Self {
+            store,
+            cipher,
+            workload,
+            limits,
+            policy,
+            access,
+        }
+    }
+
+    pub fn workload(&self) -> &WorkloadIdentity {
+        &self.workload
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    fn binding<'a>(&'a self, path: &'a str, version: u64) -> Binding<'a> {
+        Binding {
+            tenant: &self.workload.tenant,
+            path,
+            version,
+        }
+    }
+
+    pub async fn health(&self) -> Result<Health, VaultError> {
+        self.store.ping().await?;
+        Ok(Health {
+            identity: self.workload.spiffe_id.clone(),
+            storage: self.store.kind(),
+        })
+    }
+
+    /// Writes a new version and makes it active. Racing writers, in this
+    /// sidecar or another on the same store, each get their own version number.
+    pub async fn put(
+        &self,
+        caller: &Caller,
+        path: &str,
+        req: PutRequest,
+    ) -> Result<Written, VaultError> {
+        let path = parse_path(path)?;
+        self.validate_put(&req)?;
+        let access = self.access(caller).await?;
+        let written = self
+            .retrying(|| async {
+                let current = self.record(&path).await?;
+                self.authorize(
+                    &access,
+                    Action::Write,
+                    resource(current.as_ref(), path.as_str()),
+                )
+                .await?;
+                check_scope(caller, req.scope.as_deref())?;
+                let active = current.as_ref().map_or(0, |r| r.active_version);
+                if let Some(expected) = req.cas.filter(|cas| *cas != active) {
+                    return Err(VaultError::Conflict {
+                        expected,
+                        current: active,
+                    });
+                }
+                let commit = self.plan_write(&path, current, &req, Utc::now()).await?;
+                self.store.commit(&self.workload.tenant, &commit).await?;
+                Ok(commit.record.active_version)
+            })
+            .await?;
+        tracing::debug!(caller = %caller, path = %path, version = written, "secret written");
+        Ok(Written {
+            path: path.to_string(),
+            version: written,
+        })
+    }
+
+    /// Runs an optimistic write again, on fresh state, each time it loses a
+    /// race with another writer.
+    async fn retrying<T, Fut>(&self, attempt: impl Fn() -> Fut) -> Result<T, VaultError>
+    where
+        Fut: Future<Output = Result<T, VaultError>>,
+    {
+        for _ in 0..MAX_WRITE_ATTEMPTS {
+            match attempt().await {
+                Err(VaultError::Raced) => tokio::task::yield_now().await,
+                done => return done,
+            }
+        }
+        Err(VaultError::Raced)
+    }
+
+    async fn record(&self, path: &SecretPath) -> Result<Option<SecretRecord>, VaultError> {
+        Ok(self
+            .store
+            .read(&self.workload.tenant, path.as_str(), Some(0))
+            .await?
+            .map(|(record, _)| record))
+    }
+
+    /// The commit that writes `req` as the next version on top of `current`,
+    /// dropping what history retention no longer keeps.
+    async fn plan_write(
+        &self,
+        path: &SecretPath,
+        current: Option<SecretRecord>,
+        req: &PutRequest,
+        now: DateTime<Utc>,
+    ) -> Result<Commit, VaultError> {
+        let (expected_latest, replaced) = current
+            .as_ref()
+            .map_or((0, 0), |r| (r.latest_version, r.active_version));
+        let version = expected_latest + 1;
+        let sealed = self.seal(path, version, req.value.expose())?;
+        let mut record = self.next_record(current, path, req, version, now);
+        let prune = if expected_latest == 0 {
+            Vec::new()
+        } else {
+            self.retention_prune(path, version, replaced, now).await?
+        };
+        for pruned in &prune {
+            record.retired_expiry.remove(pruned);
+        }
+        Ok(Commit {
+            record,
+            versions: vec![VersionRecord {
+                version,
+                created_at: now,
+                sealed,
+                expires_at: None,
+            }],
+            expected_latest,
+            prune,
+        })
+    }
+
+    fn seal(
+        &self,
+        path: &SecretPath,
+        version: u64,
+        value: &str,
+    ) -> Result<crate::crypto::Sealed, VaultError> {
+        self.cipher
+            .seal(self.binding(path.as_str(), version), value.as_bytes())
+            .map_err(|source| VaultError::Integrity {
+                path: path.to_string(),
+                source,
+            })
+    }
+
+    fn validate_put(&self, req: &PutRequest) -> Result<(), VaultError> {
+        if req.value.expose().len() > self.limits.max_value_bytes {
+            return Err(VaultError::TooLarge {
+                what: "value".into(),
+                limit: self.limits.max_value_bytes,
+            });
+        }
+        if req
+            .description
+            .as_ref()
+            .is_some_and(|d| d.len() > MAX_DESCRIPTION)
+        {
+            return Err(VaultError::invalid(
+                "description",
+                format!("longer than {MAX_DESCRIPTION} bytes"),
+            ));
+        }
+        if let Some(tags) = &req.tags {
+            if tags.len() > MAX_TAGS {
+                return Err(VaultError::invalid(
+                    "tags",
+                    format!("more than {MAX_TAGS} tags"),
+                ));
+            }
+            if tags
+                .iter()
+                .any(|(k, v)| k.is_empty() || k.len() > MAX_TAG_LEN || v.len() > MAX_TAG_LEN)
+            {
+                return Err(VaultError::invalid(
+                    "tags",
+                    format!(
+                        "tag keys must be 1-{MAX_TAG_LEN} bytes and values at most {MAX_TAG_LEN}"
+                    ),
+                ));
+            }
+        }
+        if let Some(scope) = &req.scope {
+            if scope.is_empty() || scope.len() > 128 || !scope.chars().all(is_path_char) {
+                return Err(VaultError::invalid(
+                    "scope",
+                    "a role name of A-Z a-z 0-9 . _ -",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn next_record(
+        &self,
+        current: Option<SecretRecord>,
+        path: &SecretPath,
+        req: &PutRequest,
+        version: u64,
+        now: DateTime<Utc>,
+    ) -> SecretRecord {
+        let mut record = current.unwrap_or_else(|| SecretRecord {
+            path: path.to_string(),
+            active_version: 0,
+            latest_version: 0,
+            secret_type: SecretType::default(),
+            tier: Tier::default(),
+            description: None,
+            tags: BTreeMap::new(),
+            scope: None,
+            owner: self.workload.spiffe_id.clone(),
+            created_at: now,
+            updated_at: now,
+            expires_at: None,
+            retired_expiry: BTreeMap::new(),
+        });
+        record.activate(version, req.expires_at);
+        record.latest_version = version;
+        record.updated_at = now;
+
+        if let Some(t) = req.secret_type {
+            record.secret_type = t;
+        }
+        if let Some(t) = req.tier {
+            record.tier = t;
+        }
+        if let Some(d) = &req.description {
+            record.description = Some(d.clone());
+        }
+        if let Some(t) = &req.tags {
+            record.tags = t.clone();
+        }
+        if let Some(s) = &req.scope {
+            record.scope = Some(s.clone());
+        }
+        record
+    }
+
+    /// Reads the active version, or the given one.
+    pub async fn get(
+        &self,
+        caller: &Caller,
+        path: &str,
+        version: Option<u64>,
+    ) -> Result<Secret, VaultError> {
+        let access = self.access(caller).await?;
+        self.get_with(&access, path, version).await
+    }
+
+    async fn get_with(
+        &self,
+        access: &Access<'_>,
+        path: &str,
+        version: Option<u64>,
+    ) -> Result<Secret, VaultError> {
+        let path = parse_path(path)?;
+        let snapshot = self
+            .store
+            .read(&self.workload.tenant, path.as_str(), version)
+            .await?;
+        let record = snapshot.as_ref().map(|(record, _)| record);
+        self.authorize(access, Action::Read, resource(record, path.as_str()))
+            .await?;
+        let Some((record, found)) = snapshot else {
+            return Err(not_found(&path));
+        };
+        let Some(found) = found else {
+            return Err(VaultError::NotFound(match version {
+                Some(v) => format!("secret `{path}` has no version {v}"),
+                None => format!("secret `{path}` has no active version"),
+            }));
+        };
+        check_not_expired(&path, &record, &found, Utc::now())?;
+        let plaintext = self
+            .cipher
+            .open(self.binding(path.as_str(), found.version), &found.sealed)
+            .map_err(|source| {
+                tracing::error!(
+                    tenant = %self.workload.tenant, path = %path, version = found.version,
+                    error = %source, "stored secret failed to decrypt; possible tampering"
+                );
+                VaultError::Integrity {
+                    path: path.to_string(),
+                    source,
+                }
+            })?;
+        let value = String::from_utf8(plaintext.to_vec()).map_err(|_| VaultError::Integrity {
+            path: path.to_string(),
+            source: CryptoError::Integrity,
+        })?;
+        tracing::debug!(caller = %access.caller, path = %path, version = found.version, "secret read");
+        Ok(Secret {
+            metadata: Metadata::of(&record, found.version),
+            value: SecretValue::new(value),
+        })
+    }
+
+    /// Whether a secret exists at the path, without decrypting it.
+    pub async fn exists(&self, caller: &Caller, path: &str) -> Result<bool, VaultError> {
+        let path = parse_path(path)?;
+        let access = self.access(caller).await?;
+        let record = self.record(&path).await?;
+        self.authorize(
+            &access,
+            Action::Read,
+            resource(record.as_ref(), path.as_str()),
+        )
+        .await?;
+        Ok(record.is_some())
+    }
+
+    /// Deletes the secret and all its versions.
+    pub async fn delete(&self, caller: &Caller, path: &str) -> Result<(), VaultError> {
+        let path = parse_path(path)?;
+        let access = self.access(caller).await?;
+        let record = self.record(&path).await?.ok_or_else(|| not_found(&path))?;
+        self.authorize(&access, Action::Delete, Resource::of(&record))
+            .await?;
+        if !self
+            .store
+            .delete(&self.workload.tenant, path.as_str())
+            .await?
+        {
+            return Err(not_found(&path));
+        }
+        tracing::debug!(caller = %caller, path = %path, "secret deleted");
+        Ok(())
+    }
+
+    /// One page of metadata under `prefix`, in path order. The cursor is the
+    /// last path of the previous page, so pages stay correct under concurrent writes.
+    /// Items the caller may not see are left out, so a page can hold fewer
+    /// than `limit` items while `next_cursor` still leads on.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        prefix: &str,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+    ) -> Result<Page, VaultError> {
+        if prefix.len() > MAX_PATH_LEN || !prefix.chars().all(|c| c == '/' || is_path_char(c)) {
+            return Err(VaultError::invalid(
+                "prefix",
+                "may only hold A-Z a-z 0-9 . _ - and /",
+            ));
+        }
+        let limit = limit.unwrap_or(DEFAULT_LIST_LIMIT);
+        if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+            return Err(VaultError::invalid(
+                "limit",
+                format!("must be between 1 and {MAX_LIST_LIMIT}"),
+            ));
+        }
+        let after = cursor.map(decode_cursor).transpose()?;
+        let access = self.access(caller).await?;
+        self.authorize(&access, Action::List, Resource::missing(prefix))
+            .await?;
+        let mut records = self
+            .store
+            .list(&self.workload.tenant, prefix, after.as_deref(), limit + 1)
+            .await?;
+        let more = records.len() > limit;
+        records.truncate(limit);
+        let next_cursor = more
+            .then(|| records.last().map(|r| B64URL.encode(r.path.as_bytes())))
+            .flatten();
+        let grants = if records.iter().any(|r| r.owner != self.workload.spiffe_id) {
+            self.store.grants(&self.workload.tenant).await?
+        } else {
+            Vec::new()
+        };
+        let mut items = Vec::with_capacity(records.len());
+        for record in &records {
+            if self
+                .decide_with(&access, Action::List, Resource::of(record), &grants)?
+                .allow
+            {
+                items.push(Metadata::of(record, record.active_version));
+            }
+        }
+        Ok(Page { items, next_cursor })
+    }
+
+    /// Reads several secrets; each path succeeds or fails on its own.
+    pub async fn batch(
+        &self,
+        caller: &Caller,
+        paths: &[String],
+    ) -> Result<BatchResult, VaultError> {
+        if paths.is_empty() || paths.len() > self.limits.max_batch_paths {
+            return Err(VaultError::invalid(
+                "paths",
+                format!("must list 1 to {} paths", self.limits.max_batch_paths),
+            ));
+        }
+        let access = self.access(caller).await?;
+        let access = &access;
+        let unique: BTreeSet<&String> = paths.iter().collect();
+        let reads = unique
+            .iter()
+            .map(|path| async move { (*path, self.get_with(access, path, None).await) });
+        let mut result = BatchResult::default();
+        for (path, outcome) in futures_util::future::join_all(reads).await {
+            // Storage trouble fails the whole batch rather than hiding in per-path errors.
+            if let Err(e) = &outcome {
+                if e.code() == ErrorCode::Unavailable {
+                    return Err(VaultError::Unavailable(e.to_string()));
+                }
+            }
+            match outcome {
+                Ok(secret) => {
+                    result.secrets.insert(path.clone(), secret.value);
+                }
+                Err(e) => {
+                    result.errors.insert(path.clone(), e);
+                }
+            }
+        }
+        Ok(result)
+    }
+}
+
+/// A version is readable until [`SecretRecord::expiry_of`] says otherwise.
+fn check_not_expired(
+    path: &SecretPath,
+    record: &SecretRecord,
+    version: &VersionRecord,
+    now: DateTime<Utc>,
+) -> Result<(), VaultError> {
+    match record.expiry_of(version).filter(|at| *at <= now) {
+        Some(at) => Err(VaultError::Expired {
+            path: path.to_string(),
+            at,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A role may scope a secret only to itself; the agent-level caller, which
+/// provisions for its roles, may scope to any role.
+fn check_scope(caller: &Caller, scope: Option<&str>) -> Result<(), VaultError> {
+    match (caller.role.as_deref(), scope) {
+        (Some(role), Some(scope)) if role != scope => Err(VaultError::Denied {
+            reasons: vec![format!(
+                "role {role} may not scope a secret to role {scope}"
+            )],
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn not_found(path: &SecretPath) -> VaultError {
+    VaultError::NotFound(format!("no secret at `{path}`"))
+}
+
+fn decode_cursor(cursor: &str) -> Result<String, VaultError> {
+    B64URL
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .filter(|path| SecretPath::parse(path).is_ok())
+        .ok_or_else(|| VaultError::invalid("cursor", "not a cursor this API returned"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_value_is_redacted() {
+        let v = SecretValue::new("sk-live-123".into());
+        assert!(!format!("{v:?}").contains("sk-live"));
+        let req = PutRequest::new("sk-live-123");
+        assert!(!format!("{req:?}").contains("sk-live"));
+    }
+
+    #[test]
+    fn every_code_has_a_contract_name() {
+        let err = VaultError::Conflict {
+            expected: 1,
+            current: 2,
+        };
+        assert_eq!(err.code().as_str(), "conflict");
+        assert_eq!(
+            VaultError::from(StoreError::Unavailable("x".into())).code(),
+            ErrorCode::Unavailable
+        );
+    }
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let c = B64URL.encode("a/b");
+        assert_eq!(decode_cursor(&c).unwrap(), "a/b");
+        assert!(decode_cursor("!!").is_err());
+        assert!(decode_cursor(&B64URL.encode("../x")).is_err());
+    }
+}

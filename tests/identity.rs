@@ -1,0 +1,841 @@
+//! Who the sidecar is and who is calling it: `agentvault serve` taking its
+//! identity from a real SPIFFE Workload API (late start, a foreign ID,
+//! rotations under traffic, the SVID expiry metric), local callers mapped to
+//! roles by `SO_PEERCRED` (client processes really run under other uids), and
+//! a policy directory that is reloaded live and survives a broken file.
+
+mod support;
+#[path = "support/workload_api.rs"]
+mod workload_api;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentvault::client::{Client, Reply};
+use hyper::Method;
+use serde_json::{json, Value};
+use support::{assert_error, get, put, put_value, RedisServer, Sidecar, BIN};
+use tempfile::TempDir;
+use workload_api::{TestCa, WorkloadApi};
+
+const ID: &str = "spiffe://example.org/agent/acme/planner";
+const TTL: Duration = Duration::from_secs(3600);
+const RESEARCHER: u32 = 1001;
+const WRITER: u32 = 1002;
+const APPROVER: u32 = 1003;
+
+// ---- harness -----------------------------------------------------------------
+
+/// A temp dir that processes of other uids may traverse (tempfile makes 0700
+/// dirs), so that they can reach a socket inside it.
+fn shared_dir() -> TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn assert_root() {
+    let euid = std::fs::metadata("/proc/self").expect("/proc/self").uid();
+    assert_eq!(
+        euid, 0,
+        "this test runs client processes under other uids (1001-1003) to exercise SO_PEERCRED \
+         roles, which needs root: run the tests as root (CI does)"
+    );
+}
+
+fn keygen(file: &Path) {
+    let out = Command::new(BIN)
+        .arg("keygen")
+        .arg(file)
+        .output()
+        .expect("run agentvault keygen");
+    assert!(out.status.success(), "keygen: {out:?}");
+}
+
+/// A running `agentvault serve --config FILE`, its identity from the Workload
+/// API named by `SPIFFE_ENDPOINT_SOCKET`. stdout and stderr go to files.
+struct Serve {
+    child: Option<Child>,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl Serve {
+    /// Starts it; returns without waiting for anything.
+    fn spawn(dir: &Path, config: &Path, endpoint: &str) -> Self {
+        let out = std::fs::File::create(dir.join("serve.out")).expect("stdout file");
+        let err = std::fs::File::create(dir.join("serve.err")).expect("stderr file");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(config)
+            .env("SPIFFE_ENDPOINT_SOCKET", endpoint)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("AGENTVAULT_") {
+                cmd.env_remove(key);
+            }
+        }
+        let child = cmd.spawn().expect("spawn agentvault serve");
+        Self {
+            child: Some(child),
+            dir: dir.to_owned(),
+            socket: dir.join("av.sock"),
+        }
+    }
+
+    /// Starts it and waits until its socket accepts connections.
+    fn start(dir: &Path, config: &Path, endpoint: &str) -> Self {
+        let mut serve = Self::spawn(dir, config, endpoint);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&serve.socket).is_err() {
+            if let Some(status) = serve.try_wait() {
+                panic!("serve exited early with {status}:\n{}", serve.logs());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve's socket never came up:\n{}",
+                serve.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        serve
+    }
+
+    fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("serve.err")).unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        let out = std::fs::read_to_string(self.dir.join("serve.out")).unwrap_or_default();
+        format!("{out}{}", self.stderr())
+    }
+
+    fn client(&self) -> Client {
+        Client::new(&self.socket)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The leaf's notAfter, in Unix seconds.
+fn not_after(leaf_der: &[u8]) -> i64 {
+    x509_parser::parse_x509_certificate(leaf_der)
+        .expect("leaf parses")
+        .1
+        .validity()
+        .not_after
+        .timestamp()
+}
+
+/// The value of an unlabelled metric on the Prometheus endpoint.
+async fn metric(port: u16, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse::<f64>()
+            .ok()
+    })
+}
+
+/// Polls the metric until it equals `want` or `timeout` passes; returns the last value.
+async fn wait_for_metric(port: u16, name: &str, want: i64, timeout: Duration) -> Option<f64> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let value = metric(port, name).await;
+        if value == Some(want as f64) || Instant::now() > deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const SVID_EXPIRY: &str = "agentvault_svid_expiry_timestamp_seconds";
+
+// ---- requests from processes of other uids -----------------------------------
+
+const PEER_REQUEST: &str = "AGENTVAULT_TEST_PEER_REQUEST";
+const PEER_REPLY: &str = "AGENTVAULT_TEST_PEER_REPLY:";
+
+/// Not a test of its own: the body of the child process [`as_uid`] starts
+/// (this test binary again, under another uid) to send one request over the
+/// socket and print the reply. Without the variable it does nothing.
+#[test]
+fn peer_request() {
+    let Ok(spec) = std::env::var(PEER_REQUEST) else {
+        return;
+    };
+    let spec: Value = serde_json::from_str(&spec).expect("request spec");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let reply = runtime.block_on(async {
+        let mut client = Client::new(spec["socket"].as_str().expect("socket"));
+        if let Some(token) = spec["token"].as_str() {
+            client = client.with_token(token);
+        }
+        let method = Method::from_bytes(spec["method"].as_str().expect("method").as_bytes())
+            .expect("method");
+        let body = spec["body"].as_str().map(|b| b.as_bytes().to_vec());
+        client
+            .request(method, spec["uri"].as_str().expect("uri"), body)
+            .await
+            .expect("request")
+    });
+    println!(
+        "\n{PEER_REPLY}{}",
+        json!({"status": reply.status, "body": String::from_utf8_lossy(&reply.body)})
+    );
+}
+
+/// Sends one request from a process running as `uid` (gid 0, so the root
+/// socket of mode 0660 is reachable), so the sidecar sees that uid through
+/// `SO_PEERCRED`.
+async fn as_uid(uid: u32, socket: &Path, method: Method, uri: &str, body: Option<Value>) -> Reply {
+    let spec = json!({
+        "socket": socket, "method": method.as_str(), "uri": uri,
+        "body": body.map(|b| b.to_string()),
+    });
+    let out = tokio::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "peer_request", "--nocapture", "--test-threads=1"])
+        .env(PEER_REQUEST, spec.to_string())
+        .uid(uid)
+        .gid(0)
+        .output()
+        .await
+        .expect("run the peer process");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split_once(PEER_REPLY).map(|(_, reply)| reply))
+        .unwrap_or_else(|| {
+            panic!(
+                "the peer process (uid {uid}) printed no reply: {out:?}\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let reply: Value = serde_json::from_str(line).expect("peer reply");
+    Reply {
+        status: reply["status"].as_u64().expect("status") as u16,
+        headers: Default::default(),
+        body: reply["body"].as_str().unwrap_or_default().to_owned().into(),
+    }
+}
+
+/// Runs the `agentvault` CLI as `uid` (gid 0) against `socket`.
+async fn cli_as(uid: u32, socket: &Path, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(BIN)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env_remove("AGENTVAULT_TOKEN")
+        .env_remove("AGENTVAULT_SOCKET")
+        .uid(uid)
+        .gid(0)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run the agentvault CLI")
+}
+
+fn reasons(reply: &Reply) -> Vec<String> {
+    reply.json()["error"]["reasons"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no reasons in {:?}", reply.json()))
+        .iter()
+        .map(|r| r.as_str().expect("reason").to_owned())
+        .collect()
+}
+
+fn assert_denied(reply: &Reply, reason: &str) {
+    assert_error(reply, 403, "policy_denied");
+    let reasons = reasons(reply);
+    assert!(
+        reasons.iter().any(|r| r.contains(reason)),
+        "expected a reason containing {reason:?}: {reasons:?}"
+    );
+}
+
+/// A dev sidecar whose local callers of uid 1001/1002/1003 are the roles
+/// researcher/writer/approver.
+fn role_sidecar(dir: &TempDir) -> Sidecar {
+    Sidecar::dev(
+        dir.path(),
+        &[
+            "--role",
+            &format!("researcher=uid:{RESEARCHER}"),
+            "--role",
+            &format!("writer=uid:{WRITER}"),
+            "--role",
+            &format!("approver=uid:{APPROVER}"),
+        ],
+    )
+}
+
+// ---- serve with the Workload API ---------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_takes_its_identity_from_the_workload_api_and_exports_the_svid_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("example.org");
+    let api = WorkloadApi::start(dir.path(), &ca, ID, TTL);
+    keygen(&dir.path().join("keyring.json"));
+    let port = free_port();
+    let config = dir.path().join("agentvault.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "socket: {dir}/av.sock\nkeyring: {dir}/keyring.json\ndata_dir: {dir}/data\n\
+             metrics_addr: 127.0.0.1:{port}\nidentity:\n  pattern: \"spiffe://{{trust_domain}}/agent/{{tenant}}/{{agent}}\"\n",
+            dir = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let serve = Serve::start(dir.path(), &config, &api.endpoint());
+    let c = serve.client();
+
+    // The SVID arrives promptly; health then names the Workload API's identity.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let health = loop {
+        let reply = get(&c, "/v1/health").await;
+        if reply.status == 200 || Instant::now() > deadline {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(health.status, 200, "{:?}\n{}", health.json(), serve.logs());
+    let health = health.json();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["identity"], ID);
+    assert_eq!(health["storage"], "embedded");
+
+    assert_eq!(put_value(&c, "team/key", "sk-serve-1").await, 1);
+    let secret = get(&c, "/v1/secrets/team/key").await;
+    assert_eq!(secret.status, 200, "{:?}", secret.json());
+    assert_eq!(secret.json()["value"], "sk-serve-1");
+
+    let want = not_after(api.current().leaf_der());
+    let got = wait_for_metric(port, SVID_EXPIRY, want, Duration::from_secs(5)).await;
+    assert_eq!(
+        got,
+        Some(want as f64),
+        "{SVID_EXPIRY} vs the SVID's notAfter"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_unavailable_until_the_workload_api_comes_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("example.org");
+    let agent_socket = dir.path().join("agent.sock");
+    let started = Instant::now();
+    let api = WorkloadApi::start_after(&agent_socket, Duration::from_secs(2), &ca, ID, TTL);
+    keygen(&dir.path().join("keyring.json"));
+    let config = dir.path().join("agentvault.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "socket = \"{dir}/av.sock\"\nkeyring = \"{dir}/keyring.json\"\ndata_dir = \"{dir}/data\"\n\
+             metrics_addr = \"off\"\n",
+            dir = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let serve = Serve::start(dir.path(), &config, &api.endpoint());
+    let c = serve.client();
+
+    let health = get(&c, "/v1/health").await;
+    let read = get(&c, "/v1/secrets/x").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "inconclusive: the sidecar took {:?} to start, the Workload API was up already",
+        started.elapsed()
+    );
+    for reply in [&health, &read] {
+        assert_error(reply, 503, "unavailable");
+        let message = reply.json()["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            message.contains("waiting for") && message.contains("SVID"),
+            "the message should say it waits for an SVID: {message:?}"
+        );
+    }
+
+    // Once the API is up, health turns 200 without any restart.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let health = loop {
+        let reply = get(&c, "/v1/health").await;
+        if reply.status == 200 || Instant::now() > deadline {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(health.status, 200, "{:?}\n{}", health.json(), serve.logs());
+    assert_eq!(health.json()["identity"], ID);
+    assert!(api.fetch_calls() >= 1);
+    assert_error(&get(&c, "/v1/secrets/x").await, 404, "not_found");
+}
+
+#[test]
+fn serve_exits_when_the_svid_does_not_name_an_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("example.org");
+    let foreign = "spiffe://example.org/workload/x";
+    let api = WorkloadApi::start(dir.path(), &ca, foreign, TTL);
+    keygen(&dir.path().join("keyring.json"));
+    let config = dir.path().join("agentvault.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "socket: {dir}/av.sock\nkeyring: {dir}/keyring.json\ndata_dir: {dir}/data\nmetrics_addr: \"off\"\n",
+            dir = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut serve = Serve::spawn(dir.path(), &config, &api.endpoint());
+    let status = serve
+        .wait_exit(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("serve kept running:\n{}", serve.logs()));
+    assert!(!status.success(), "exit status {status}");
+    let stderr = serve.stderr();
+    assert!(
+        stderr.contains(foreign) && stderr.contains("does not match the pattern"),
+        "stderr should name the SPIFFE ID and the mismatch:\n{stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("agentvault: ") && l.contains(foreign)),
+        "no final error line on stderr:\n{stderr}"
+    );
+    assert!(!dir.path().join("av.sock").exists(), "socket left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn svid_rotations_under_traffic_drop_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start();
+    let ca = TestCa::new("example.org");
+    let api = Arc::new(WorkloadApi::start(dir.path(), &ca, ID, TTL));
+    keygen(&dir.path().join("keyring.json"));
+    let port = free_port();
+    let config = dir.path().join("agentvault.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "socket = \"{dir}/av.sock\"\nkeyring = \"{dir}/keyring.json\"\nredis_url = \"{url}\"\n\
+             metrics_addr = \"127.0.0.1:{port}\"\n",
+            dir = dir.path().display(),
+            url = redis.url()
+        ),
+    )
+    .unwrap();
+    let serve = Serve::start(dir.path(), &config, &api.endpoint());
+    let c = serve.client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&c, "/v1/health").await.status != 200 {
+        assert!(Instant::now() < deadline, "never ready:\n{}", serve.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first = not_after(api.current().leaf_der());
+    assert_eq!(
+        wait_for_metric(port, SVID_EXPIRY, first, Duration::from_secs(5)).await,
+        Some(first as f64)
+    );
+
+    const TASKS: usize = 3;
+    const PER_TASK: usize = 100;
+    let rotating = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut workers = Vec::new();
+    for task in 0..TASKS {
+        let c = c.clone();
+        let rotating = rotating.clone();
+        workers.push(tokio::spawn(async move {
+            let path = format!("rot/task-{task}");
+            let mut failures = Vec::new();
+            let mut written = None;
+            let mut n = 0usize;
+            // At least PER_TASK requests, and on until the rotations are over.
+            while n < PER_TASK || rotating.load(std::sync::atomic::Ordering::SeqCst) {
+                let reply = if n.is_multiple_of(2) {
+                    let value = format!("v-{task}-{n}");
+                    let reply = put(&c, &path, json!({ "value": value })).await;
+                    if reply.status == 200 {
+                        written = Some(value);
+                    }
+                    reply
+                } else {
+                    let reply = get(&c, &format!("/v1/secrets/{path}")).await;
+                    if reply.status == 200 && reply.json()["value"].as_str() != written.as_deref() {
+                        failures.push(format!("read {:?}, wrote {written:?}", reply.json()));
+                    }
+                    reply
+                };
+                if !(200..300).contains(&reply.status) {
+                    failures.push(format!("{}: {:?}", reply.status, reply.json()));
+                }
+                n += 1;
+            }
+            (n, failures)
+        }));
+    }
+    let mut serials = Vec::new();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        serials.push(api.rotate());
+    }
+    rotating.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut total = 0;
+    let mut failures = Vec::new();
+    for worker in workers {
+        let (n, f) = worker.await.expect("worker");
+        total += n;
+        failures.extend(f);
+    }
+    assert!(total >= TASKS * PER_TASK, "only {total} requests");
+    assert!(
+        failures.is_empty(),
+        "{} of {total} requests failed across rotations: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    serials.dedup();
+    assert_eq!(serials.len(), 4, "each rotation issues a new leaf");
+
+    let last = not_after(api.current().leaf_der());
+    assert!(last > first, "rotations 1.6 s apart move notAfter");
+    assert_eq!(
+        wait_for_metric(port, SVID_EXPIRY, last, Duration::from_secs(5)).await,
+        Some(last as f64),
+        "{SVID_EXPIRY} should follow the rotated SVID"
+    );
+    let health = get(&c, "/v1/health").await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.json()["identity"], ID);
+    assert_eq!(api.fetch_calls(), 1, "rotations must not need a reconnect");
+}
+
+// ---- roles from SO_PEERCRED --------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_scoped_secret_is_readable_by_that_role_only() {
+    assert_root();
+    let dir = shared_dir();
+    let sidecar = role_sidecar(&dir);
+    let socket = sidecar.socket.clone();
+
+    let out = cli_as(
+        RESEARCHER,
+        &socket,
+        &[
+            "put",
+            "research/notes",
+            "n-secret-1",
+            "--scope",
+            "researcher",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "researcher put: {out:?}");
+
+    let out = cli_as(RESEARCHER, &socket, &["get", "research/notes"]).await;
+    assert!(out.status.success(), "researcher get: {out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "n-secret-1\n");
+    let mine = as_uid(
+        RESEARCHER,
+        &socket,
+        Method::GET,
+        "/v1/secrets/research/notes",
+        None,
+    )
+    .await;
+    assert_eq!(mine.status, 200, "{:?}", mine.json());
+    assert_eq!(mine.json()["scope"], "researcher");
+
+    // The writer role: CLI exit 4, and over HTTP 403 with the reason.
+    let out = cli_as(WRITER, &socket, &["get", "research/notes"]).await;
+    assert_eq!(out.status.code(), Some(4), "writer get: {out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("policy_denied"),
+        "{out:?}"
+    );
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let denied = as_uid(
+        WRITER,
+        &socket,
+        Method::GET,
+        "/v1/secrets/research/notes",
+        None,
+    )
+    .await;
+    assert_denied(&denied, "scoped to role researcher");
+    assert!(!String::from_utf8_lossy(&denied.body).contains("n-secret-1"));
+
+    // The agent-level caller (root matches no role) is denied as well.
+    let root = get(&sidecar.client(), "/v1/secrets/research/notes").await;
+    assert_denied(&root, "scoped to role researcher");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unscoped_secret_is_readable_by_every_role() {
+    assert_root();
+    let dir = shared_dir();
+    let sidecar = role_sidecar(&dir);
+    let socket = sidecar.socket.clone();
+    put_value(&sidecar.client(), "team/shared", "everyone-1").await;
+    for uid in [RESEARCHER, WRITER] {
+        let out = cli_as(uid, &socket, &["get", "team/shared"]).await;
+        assert!(out.status.success(), "uid {uid}: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "everyone-1\n");
+        let reply = as_uid(uid, &socket, Method::GET, "/v1/secrets/team/shared", None).await;
+        assert_eq!(reply.status, 200, "uid {uid}: {:?}", reply.json());
+        assert_eq!(reply.json()["value"], "everyone-1");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_may_not_scope_a_secret_to_another_role() {
+    assert_root();
+    let dir = shared_dir();
+    let sidecar = role_sidecar(&dir);
+    let socket = sidecar.socket.clone();
+    let body = json!({"value": "w-1", "scope": "researcher"});
+    let reply = as_uid(
+        WRITER,
+        &socket,
+        Method::PUT,
+        "/v1/secrets/writer/x",
+        Some(body),
+    )
+    .await;
+    assert_denied(&reply, "may not scope a secret to role researcher");
+    let out = cli_as(
+        WRITER,
+        &socket,
+        &["put", "writer/y", "w-2", "--scope", "researcher"],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    // Nothing was written.
+    assert_error(
+        &get(&sidecar.client(), "/v1/secrets/writer/x").await,
+        404,
+        "not_found",
+    );
+    // Scoping to itself is fine.
+    let own = as_uid(
+        WRITER,
+        &socket,
+        Method::PUT,
+        "/v1/secrets/writer/z",
+        Some(json!({"value": "w-3", "scope": "writer"})),
+    )
+    .await;
+    assert_eq!(own.status, 200, "{:?}", own.json());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_level_caller_provisions_role_scoped_secrets_but_cannot_read_them() {
+    assert_root();
+    let dir = shared_dir();
+    let sidecar = role_sidecar(&dir);
+    let socket = sidecar.socket.clone();
+    let c = sidecar.client();
+
+    // Root writes a new secret scoped to the researcher: the researcher reads it, root does not.
+    let reply = put(
+        &c,
+        "research/api",
+        json!({"value": "prov-1", "scope": "researcher"}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{:?}", reply.json());
+    let read = as_uid(
+        RESEARCHER,
+        &socket,
+        Method::GET,
+        "/v1/secrets/research/api",
+        None,
+    )
+    .await;
+    assert_eq!(read.status, 200, "{:?}", read.json());
+    assert_eq!(read.json()["value"], "prov-1");
+    let root_read = get(&c, "/v1/secrets/research/api").await;
+    assert_denied(&root_read, "scoped to role researcher");
+    assert!(!String::from_utf8_lossy(&root_read.body).contains("prov-1"));
+
+    // Root overwrites it (a rotation by the provisioner), still scoped.
+    let overwrite = put(
+        &c,
+        "research/api",
+        json!({"value": "prov-2", "scope": "researcher"}),
+    )
+    .await;
+    assert_eq!(
+        overwrite.status,
+        200,
+        "the agent-level caller may overwrite a role-scoped secret: {:?}",
+        overwrite.json()
+    );
+    assert_eq!(overwrite.json()["version"], 2);
+    let read = as_uid(
+        RESEARCHER,
+        &socket,
+        Method::GET,
+        "/v1/secrets/research/api",
+        None,
+    )
+    .await;
+    assert_eq!(read.json()["value"], "prov-2", "{:?}", read.json());
+    assert_denied(
+        &get(&c, "/v1/secrets/research/api").await,
+        "scoped to role researcher",
+    );
+
+    // The same for a secret the researcher wrote itself.
+    let own = as_uid(
+        RESEARCHER,
+        &socket,
+        Method::PUT,
+        "/v1/secrets/research/own",
+        Some(json!({"value": "r-1", "scope": "researcher"})),
+    )
+    .await;
+    assert_eq!(own.status, 200, "{:?}", own.json());
+    let overwrite = put(&c, "research/own", json!({"value": "r-2"})).await;
+    assert_eq!(overwrite.status, 200, "{:?}", overwrite.json());
+
+    // And root deletes it.
+    let deleted = c
+        .request(Method::DELETE, "/v1/secrets/research/api", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        deleted.status,
+        204,
+        "the agent-level caller may delete a role-scoped secret: {:?}",
+        deleted.json()
+    );
+    let gone = as_uid(
+        RESEARCHER,
+        &socket,
+        Method::GET,
+        "/v1/secrets/research/api",
+        None,
+    )
+    .await;
+    assert_error(&gone, 404, "not_found");
+}
+
+// ---- policy reload -----------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_policy_keeps_the_last_good_one_and_a_fixed_one_takes_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let mut copied = 0;
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".rego") && !name.ends_with("_test.rego") {
+            std::fs::copy(&path, policies.join(&name)).unwrap();
+            copied += 1;
+        }
+    }
+    assert!(copied >= 1 && policies.join("authz.rego").exists());
+    let sidecar_dir = dir.path().join("sidecar");
+    std::fs::create_dir(&sidecar_dir).unwrap();
+    let policy_dir = policies.display().to_string();
+    let sidecar = Sidecar::dev(&sidecar_dir, &["--policy-dir", &policy_dir]);
+    let c = sidecar.client();
+    put_value(&c, "app/key", "k-1").await;
+    assert_eq!(get(&c, "/v1/secrets/app/key").await.status, 200);
+
+    std::fs::write(
+        policies.join("authz.rego"),
+        "package agentvault.authz\n\ndecision := {\n",
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let read = get(&c, "/v1/secrets/app/key").await;
+    assert_eq!(
+        read.status,
+        200,
+        "the last good policy still decides: {:?}",
+        read.json()
+    );
+    assert_eq!(read.json()["value"], "k-1");
+    assert_eq!(get(&c, "/v1/health").await.status, 200);
+    let logs = sidecar.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("policy") && l.contains("authz.rego") && l.contains("ERROR")),
+        "the log should show the policy error:\n{logs}"
+    );
+
+    std::fs::write(
+        policies.join("authz.rego"),
+        "package agentvault.authz\n\ndecision := {\"allow\": false, \"reasons\": [\"closed\"]}\n",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let denied = loop {
+        let reply = get(&c, "/v1/secrets/app/key").await;
+        if reply.status != 200 || Instant::now() > deadline {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_error(&denied, 403, "policy_denied");
+    assert_eq!(reasons(&denied), vec!["closed".to_owned()]);
+    assert!(!String::from_utf8_lossy(&denied.body).contains("k-1"));
+}

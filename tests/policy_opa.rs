@@ -1,0 +1,377 @@
+//! Differential test: the default policies must give the same decisions, reasons
+//! included, under regorus (in-process) and under the real OPA engine
+//! (`../shared/tools/opa-eval`). Also runs the Rego unit tests under OPA.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use agentvault::model::{SecretType, Tier};
+use agentvault::policy::{
+    Action, Decision, GrantInput, PolicyConfig, PolicyEngine, PolicyInput, Resource, Subject,
+    TokenClaims,
+};
+
+const ME: &str = "spiffe://example.org/agent/acme/bot";
+const OTHER: &str = "spiffe://example.org/agent/acme/other-bot";
+const QUERY: &str = "data.agentvault.authz.decision";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn opa_eval() -> PathBuf {
+    let tool = repo().join("../shared/tools/opa-eval");
+    assert!(
+        tool.is_file(),
+        "the OPA differential test needs {} (shared/tools/opa-eval beside the repository); it is missing",
+        tool.display()
+    );
+    tool
+}
+
+/// Evaluates `query` under OPA for every input, one result line per input.
+fn run_opa(
+    policies: &Path,
+    config: &PolicyConfig,
+    query: &str,
+    inputs: &[serde_json::Value],
+) -> Vec<serde_json::Value> {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data.json");
+    let doc = serde_json::json!({ "agentvault": { "config": config } });
+    std::fs::write(&data, doc.to_string()).unwrap();
+    let mut child = Command::new(opa_eval())
+        .arg("--policies")
+        .arg(policies)
+        .arg("--data")
+        .arg(&data)
+        .arg("--query")
+        .arg(query)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run opa-eval: {e}"));
+    let mut stdin = child.stdin.take().unwrap();
+    let lines: String = inputs.iter().map(|i| format!("{i}\n")).collect();
+    // Written from another thread so that a full stdout pipe cannot deadlock us.
+    let writer = std::thread::spawn(move || stdin.write_all(lines.as_bytes()));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(out.status.success(), "opa-eval failed: {}", out.status);
+    let results: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        results.len(),
+        inputs.len(),
+        "opa-eval answered {} of {} inputs",
+        results.len(),
+        inputs.len()
+    );
+    results
+}
+
+fn subject(role: Option<&str>) -> Subject {
+    Subject {
+        spiffe_id: role.map_or(ME.to_owned(), |r| format!("{ME}/{r}")),
+        tenant: "acme".into(),
+        agent: "bot".into(),
+        agent_id: ME.into(),
+        role: role.map(str::to_owned),
+        uid: 1001,
+        pid: Some(4242),
+    }
+}
+
+fn secret(path: &str, owner: &str, scope: Option<&str>) -> Resource {
+    Resource {
+        path: path.into(),
+        exists: true,
+        owner: Some(owner.into()),
+        owner_scope: scope.map(str::to_owned),
+        tier: Some(Tier::Critical),
+        secret_type: Some(SecretType::DbCredential),
+        tags: BTreeMap::from([("env".into(), "prod".into())]),
+    }
+}
+
+fn grant(agent_id: &str, path: &str) -> GrantInput {
+    GrantInput {
+        agent_id: agent_id.into(),
+        path: path.into(),
+    }
+}
+
+fn token(scope: &str) -> Option<TokenClaims> {
+    Some(TokenClaims::parse_scope(scope).unwrap())
+}
+
+/// Every combination of caller, action, resource and extra (grants or token),
+/// plus edge cases: some 2,400 inputs covering every rule, allowed and denied.
+fn inputs() -> Vec<PolicyInput> {
+    let roles = [
+        None,
+        Some("researcher"),
+        Some("writer"),
+        Some("approver"),
+        Some("auditor"),
+    ];
+    let actions = [
+        Action::Read,
+        Action::Write,
+        Action::Delete,
+        Action::List,
+        Action::Rotate,
+        Action::Grant,
+        Action::Token,
+        Action::Approve,
+        Action::Import,
+        Action::Audit,
+    ];
+    let resources = [
+        secret("prod/openai", ME, None),
+        secret("prod/openai/key", ME, Some("researcher")),
+        secret("prod/db", OTHER, None),
+        secret("team/x", OTHER, Some("researcher")),
+        Resource::missing("new/key"),
+        Resource::missing("prod"),
+    ];
+    type Extra = Box<dyn Fn(&Resource) -> (Vec<GrantInput>, Option<TokenClaims>)>;
+    let extras: Vec<Extra> = vec![
+        Box::new(|_| (vec![], None)),
+        Box::new(|r| (vec![grant(ME, &r.path)], None)),
+        Box::new(|_| (vec![grant(OTHER, "prod/*"), grant(ME, "prod/*")], None)),
+        Box::new(|_| (vec![grant(OTHER, "prod/*")], None)),
+        Box::new(|_| (vec![], token("secrets:read:prod/*"))),
+        Box::new(|_| (vec![], token("secrets:write:prod/openai"))),
+        Box::new(|_| (vec![], token("secrets:list:prod/*"))),
+        Box::new(|_| (vec![grant(ME, "team/*")], token("secrets:read:staging/*"))),
+    ];
+    let mut out = Vec::new();
+    for role in roles {
+        for action in actions {
+            for resource in &resources {
+                for extra in &extras {
+                    let (grants, token) = extra(resource);
+                    out.push(PolicyInput {
+                        subject: subject(role),
+                        action,
+                        resource: resource.clone(),
+                        grants,
+                        token,
+                    });
+                }
+            }
+        }
+    }
+    let edge = |action, resource: Resource, grants, token| PolicyInput {
+        subject: subject(None),
+        action,
+        resource,
+        grants,
+        token,
+    };
+    out.extend([
+        edge(
+            Action::Read,
+            secret("production/key", OTHER, None),
+            vec![grant(ME, "prod/*")],
+            None,
+        ),
+        edge(
+            Action::Read,
+            secret("prod", OTHER, None),
+            vec![grant(ME, "prod/*")],
+            None,
+        ),
+        edge(
+            Action::Read,
+            secret("prod/a/b/c", OTHER, None),
+            vec![grant(ME, "prod/a/*")],
+            None,
+        ),
+        edge(
+            Action::Read,
+            secret("prod/openai/key", OTHER, None),
+            vec![grant(ME, "prod/openai")],
+            None,
+        ),
+        edge(
+            Action::List,
+            Resource::missing("prod/"),
+            vec![],
+            token("secrets:list:prod/*"),
+        ),
+        edge(
+            Action::List,
+            Resource::missing("pro"),
+            vec![],
+            token("secrets:list:prod/*"),
+        ),
+        edge(
+            Action::List,
+            Resource::missing("prodx"),
+            vec![],
+            token("secrets:list:prod/*"),
+        ),
+        edge(
+            Action::List,
+            Resource::missing("prod/x"),
+            vec![],
+            token("secrets:list:prod/x"),
+        ),
+        edge(
+            Action::Write,
+            Resource::missing("prod/new"),
+            vec![],
+            token("secrets:write:prod/*"),
+        ),
+        edge(
+            Action::Delete,
+            secret("prod/db", OTHER, None),
+            vec![grant(ME, "prod/*")],
+            token("secrets:write:prod/*"),
+        ),
+    ]);
+    out
+}
+
+fn opa_decision(result: &serde_json::Value) -> Result<Decision, String> {
+    match result.get("result") {
+        Some(value) => serde_json::from_value(value.clone()).map_err(|e| format!("{e}: {result}")),
+        None => Err(result.to_string()),
+    }
+}
+
+#[test]
+fn regorus_and_opa_agree_on_every_decision() {
+    let inputs = inputs();
+    let json: Vec<serde_json::Value> = inputs
+        .iter()
+        .map(|i| serde_json::to_value(i).unwrap())
+        .collect();
+    let configs = [
+        PolicyConfig::default(),
+        PolicyConfig {
+            approver_roles: vec!["researcher".into(), "writer".into()],
+            auditor_roles: vec![],
+        },
+    ];
+    for config in configs {
+        let engine = PolicyEngine::builtin(config.clone()).unwrap();
+        let results = run_opa(&repo().join("policies"), &config, QUERY, &json);
+        let mut mismatches = Vec::new();
+        let (mut allowed, mut reason_sets) = (0, BTreeSet::new());
+        for ((input, value), opa) in inputs.iter().zip(&json).zip(&results) {
+            let ours = engine.decide(input).unwrap();
+            allowed += usize::from(ours.allow);
+            reason_sets.insert(ours.reasons.clone());
+            match opa_decision(opa) {
+                Ok(theirs) if theirs == ours => {}
+                Ok(theirs) => mismatches.push(format!(
+                    "{value}\n  regorus: {ours:?}\n  opa:     {theirs:?}"
+                )),
+                Err(e) => mismatches.push(format!("{value}\n  regorus: {ours:?}\n  opa:     {e}")),
+            }
+        }
+        assert!(
+            mismatches.is_empty(),
+            "{} of {} decisions differ (config {config:?}):\n{}",
+            mismatches.len(),
+            inputs.len(),
+            mismatches
+                .iter()
+                .take(20)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        eprintln!(
+            "{} inputs agree ({allowed} allowed, {} denied, {} distinct reason lists) for {config:?}",
+            inputs.len(),
+            inputs.len() - allowed,
+            reason_sets.len()
+        );
+        assert!(
+            allowed > 100 && inputs.len() - allowed > 100,
+            "too little variety"
+        );
+        assert!(
+            reason_sets.len() >= 15,
+            "too few distinct reasons: {reason_sets:?}"
+        );
+    }
+}
+
+/// `opa-eval` skips `*_test.rego`, so the test files are copied under another
+/// name and their package evaluated: every `test_` rule must come out true.
+#[test]
+fn rego_unit_tests_pass_under_opa() {
+    let policies = repo().join("policies");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut tests = Vec::new();
+    for entry in std::fs::read_dir(&policies).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".rego") else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&path).unwrap();
+        let target = match stem.strip_suffix("_test") {
+            Some(stem) => {
+                let package = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("package "))
+                    .unwrap()
+                    .trim()
+                    .to_owned();
+                for line in text.lines().filter(|l| l.starts_with("test_")) {
+                    let rule: String = line
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    tests.push((package.clone(), rule));
+                }
+                format!("{stem}_unit.rego")
+            }
+            None => name,
+        };
+        std::fs::write(tmp.path().join(target), text).unwrap();
+    }
+    tests.sort();
+    tests.dedup();
+    assert!(
+        !tests.is_empty(),
+        "no test_ rules in {}",
+        policies.display()
+    );
+    let packages: BTreeSet<&String> = tests.iter().map(|(p, _)| p).collect();
+    let mut failed = Vec::new();
+    for package in packages {
+        let query = format!("data.{package}");
+        let result = &run_opa(
+            tmp.path(),
+            &PolicyConfig::default(),
+            &query,
+            &[serde_json::json!({})],
+        )[0];
+        let passed = result.get("result").cloned().unwrap_or_default();
+        for (_, rule) in tests.iter().filter(|(p, _)| p == package) {
+            if passed.get(rule) != Some(&serde_json::Value::Bool(true)) {
+                failed.push(format!("{package}.{rule}"));
+            }
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} Rego tests fail under OPA: {failed:?}",
+        failed.len(),
+        tests.len()
+    );
+    eprintln!("{} Rego tests pass under OPA", tests.len());
+}

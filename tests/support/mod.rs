@@ -1,0 +1,329 @@
+//! The shared integration-test harness: a real `redis-server` on a free port
+//! with its own data dir, and real `agentvault` sidecars on their own sockets.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agentvault::client::{Client, Reply};
+use hyper::Method;
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_agentvault");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A private `redis-server` that persists to its own dir (AOF and RDB), so
+/// tests can inspect exactly what reached Redis's files.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let server = Self {
+            child: None,
+            port,
+            dir,
+        };
+        server.spawn()
+    }
+
+    fn spawn(mut self) -> Self {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.dir.path().join("redis.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (.ci/run installs it)");
+        self.child = Some(child);
+        let url = self.url();
+        wait_for("redis-server", Duration::from_secs(10), || {
+            redis::Client::open(url.as_str())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
+        });
+        self
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("redis connection")
+    }
+
+    /// Stops the server (data stays in its dir).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and dir.
+    pub fn restart(self) -> Self {
+        self.spawn()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Where a sidecar keeps its secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Embedded,
+    Redis,
+}
+
+/// A running `agentvault dev` sidecar, its data dir and captured logs.
+pub struct Sidecar {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Sidecar {
+    /// Starts `agentvault dev` in `dir` with the given extra arguments.
+    pub fn dev(dir: &Path, extra: &[&str]) -> Self {
+        Self::dev_with_env(dir, extra, &[])
+    }
+
+    pub fn dev_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let socket = dir.join("agentvault.sock");
+        let mut args: Vec<String> = vec![
+            "dev".into(),
+            "--socket".into(),
+            socket.display().to_string(),
+            "--data-dir".into(),
+            dir.join("data").display().to_string(),
+            "--metrics-addr".into(),
+            "off".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut sidecar = Self {
+            child: None,
+            dir: dir.to_owned(),
+            socket,
+            args,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        sidecar.launch();
+        sidecar
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("sidecar.log"))
+            .expect("log file");
+        let out = log.try_clone().expect("log file");
+        let mut cmd = Command::new(BIN);
+        cmd.args(&self.args)
+            .env("RUST_LOG", "debug")
+            .env_remove("AGENTVAULT_REDIS_URL")
+            .env_remove("AGENTVAULT_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("spawn agentvault"));
+        let socket = self.socket.clone();
+        let child = self.child.as_mut().expect("child");
+        wait_for("the sidecar socket", Duration::from_secs(20), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("sidecar exited early with {status}");
+            }
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.socket)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running sidecar");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("sidecar did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops and starts the same sidecar again (same dir, keyring and store).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.join("sidecar.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A sidecar on the chosen backend, with the Redis server it uses if any.
+pub struct TestEnv {
+    pub sidecar: Sidecar,
+    pub redis: Option<RedisServer>,
+    pub dir: TempDir,
+}
+
+impl TestEnv {
+    pub fn start(backend: Backend) -> Self {
+        Self::start_with(backend, &[])
+    }
+
+    pub fn start_with(backend: Backend, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let redis = (backend == Backend::Redis).then(RedisServer::start);
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if let Some(r) = &redis {
+            args.push("--redis-url".into());
+            args.push(r.url());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let sidecar = Sidecar::dev(dir.path(), &args);
+        Self {
+            sidecar,
+            redis,
+            dir,
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        self.sidecar.client()
+    }
+}
+
+/// Small request helpers that panic on transport errors (the test failed anyway).
+pub async fn get(client: &Client, uri: &str) -> Reply {
+    client.get(uri).await.expect("request")
+}
+
+pub async fn send(client: &Client, method: Method, uri: &str, body: Value) -> Reply {
+    client.send_json(method, uri, &body).await.expect("request")
+}
+
+pub async fn put(client: &Client, path: &str, body: Value) -> Reply {
+    send(client, Method::PUT, &format!("/v1/secrets/{path}"), body).await
+}
+
+pub async fn put_value(client: &Client, path: &str, value: &str) -> u64 {
+    let reply = put(client, path, serde_json::json!({ "value": value })).await;
+    assert_eq!(reply.status, 200, "put {path}: {:?}", reply.json());
+    reply.json()["version"].as_u64().expect("version")
+}
+
+pub async fn raw(client: &Client, method: Method, uri: &str, body: &[u8]) -> Reply {
+    client
+        .request(method, uri, Some(body.to_vec()))
+        .await
+        .expect("request")
+}
+
+/// Asserts a contract error: status, code, and (when given) a word of the message.
+pub fn assert_error(reply: &Reply, status: u16, code: &str) {
+    assert_eq!(reply.status, status, "body: {:?}", reply.json());
+    assert_eq!(
+        reply.error_code().as_deref(),
+        Some(code),
+        "body: {:?}",
+        reply.json()
+    );
+}
+
+/// Runs an async test body once per backend.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Embedded).await
+                }
+            )*
+        }
+        mod redis_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::Backend::Redis).await
+                }
+            )*
+        }
+    };
+}
