@@ -11,7 +11,7 @@ use criterion::Criterion;
 
 use agentvault::model::{SecretType, Tier};
 use agentvault::policy::{
-    Action, GrantInput, PolicyConfig, PolicyEngine, PolicyInput, Resource, Subject, TokenClaims,
+    Action, GrantInput, PolicyConfig, PolicyEngine, PolicyInput, Resource, Subject, TokenScope,
 };
 
 const ME: &str = "spiffe://example.org/agent/acme/bot";
@@ -57,13 +57,16 @@ fn granted_read() -> PolicyInput {
     input.grants = vec![GrantInput {
         agent_id: ME.into(),
         path: "prod/*".into(),
+        role: None,
     }];
     input
 }
 
 fn token_read() -> PolicyInput {
     let mut input = read(OTHER);
-    input.token = TokenClaims::parse_scope("secrets:read:prod/openai/*").ok();
+    input.token = TokenScope::parse("secrets:read:prod/openai/*")
+        .ok()
+        .map(|s| s.claims(ME, None, Tier::Critical));
     input
 }
 

@@ -21,8 +21,6 @@ decision := {"allow": true, "reasons": sort(secret_grounds)} if {
 	count(secret_grounds) > 0
 } else := {"allow": false, "reasons": sort(secret_denials)} if {
 	secret_action
-} else := {"allow": true, "reasons": sort(list_grounds)} if {
-	input.action == "list"
 } else := {"allow": true, "reasons": sort(approve_grounds)} if {
 	input.action == "approve"
 	count(approve_grounds) > 0
@@ -47,26 +45,18 @@ covers(pattern, path) if {
 	startswith(path, trim_suffix(pattern, "*"))
 }
 
-# For list, the listed prefix must lie within the pattern's prefix.
-covers_listing(pattern, prefix) if pattern == prefix
+tier_rank := {"standard": 0, "sensitive": 1, "critical": 2}
 
-covers_listing(pattern, prefix) if {
-	endswith(pattern, "/*")
-	prefix == trim_suffix(pattern, "/*")
-}
+# ---- secrets: read, write, delete, list, rotate, grant, token, import -----
 
-covers_listing(pattern, prefix) if {
-	endswith(pattern, "/*")
-	startswith(prefix, trim_suffix(pattern, "*"))
-}
-
-# ---- secrets: read, write, delete, rotate, grant, token, import -----------
-
-secret_action if input.action in {"read", "write", "delete", "rotate", "grant", "token", "import"}
+# For list, the vault asks once for the listed prefix (a missing resource) and
+# once per item, leaving out the items the caller may not list.
+secret_action if input.action in {"read", "write", "delete", "list", "rotate", "grant", "token", "import"}
 
 # Rule 1 (and 7 for token and import): a secret belongs to the agent that first
 # wrote it; an unscoped one to every caller of that agent, a scoped one to
-# that role only (not to the agent-level caller).
+# that role. The agent-level caller provisions for its roles: it may replace
+# or remove a role-scoped secret, never read it or hand it on.
 secret_grounds contains "caller's agent owns this secret" if {
 	input.resource.exists == true
 	input.resource.owner == input.subject.agent_id
@@ -80,65 +70,112 @@ secret_grounds contains sprintf("caller's role %s owns this secret", [input.subj
 	input.subject.role == input.resource.owner_scope
 }
 
+provisioning_action if input.action in {"write", "delete", "rotate", "import"}
+
+secret_grounds contains "the agent-level caller provisions its roles' secrets" if {
+	input.resource.exists == true
+	input.resource.owner == input.subject.agent_id
+	input.resource.owner_scope != null
+	input.subject.role == null
+	provisioning_action
+}
+
+owner_scope_allows if input.resource.owner_scope == null
+
+owner_scope_allows if input.subject.role == input.resource.owner_scope
+
+owner_scope_allows if {
+	input.subject.role == null
+	provisioning_action
+}
+
+secret_denials contains sprintf("secret is scoped to role %s", [input.resource.owner_scope]) if {
+	input.resource.exists == true
+	input.resource.owner == input.subject.agent_id
+	not owner_scope_allows
+}
+
 secret_denials contains "not the owner of this secret" if {
 	input.resource.exists == true
 	input.resource.owner != input.subject.agent_id
 }
 
-owner_scope_matches if input.resource.owner_scope == null
-
-owner_scope_matches if input.subject.role == input.resource.owner_scope
-
-secret_denials contains sprintf("secret is scoped to role %s", [input.resource.owner_scope]) if {
-	input.resource.exists == true
-	input.resource.owner == input.subject.agent_id
-	not owner_scope_matches
-}
-
 # A path that holds no secret yet: the writer becomes its owner, and a read is
-# let through so that the vault can answer 404. Nothing else applies to it.
-new_path_action if input.action in {"read", "write", "rotate", "import"}
-
-secret_grounds contains "no secret at this path yet; the writer becomes its owner" if {
-	input.resource.exists == false
-	new_path_action
+# let through so that the vault can answer 404. Grants and tokens may name
+# paths and prefixes that hold nothing yet, because they only ever reach
+# secrets of the agent and role that made them (rules 2 and 3).
+new_path_reasons := {
+	"read": "no secret at this path yet; the writer becomes its owner",
+	"write": "no secret at this path yet; the writer becomes its owner",
+	"rotate": "no secret at this path yet; the writer becomes its owner",
+	"import": "no secret at this path yet; the writer becomes its owner",
+	"list": "any caller of the tenant may list",
+	"grant": "grants and tokens reach only their maker's own secrets",
+	"token": "grants and tokens reach only their maker's own secrets",
 }
+
+new_path_action if new_path_reasons[input.action]
+
+secret_grounds contains new_path_reasons[input.action] if input.resource.exists == false
 
 secret_denials contains sprintf("no secret at this path to %s", [input.action]) if {
 	input.resource.exists == false
 	not new_path_action
 }
 
-# Rule 2: a grant lets another agent of the tenant read, never more.
+# Rule 2: a grant lets another agent of the tenant read (and list), never
+# more, and reaches a role-scoped secret only when that role made it.
+grant_action if input.action in {"read", "list"}
+
+grant_reaches(grant) if input.resource.owner_scope == null
+
+grant_reaches(grant) if grant.role == input.resource.owner_scope
+
 secret_grounds contains sprintf("grant of %s covers this path", [grant.path]) if {
-	input.action == "read"
+	grant_action
 	input.resource.exists == true
 	input.resource.owner != input.subject.agent_id
 	some grant in input.grants
 	grant.agent_id == input.subject.agent_id
 	covers(grant.path, input.resource.path)
+	grant_reaches(grant)
 }
 
 grant_covers if {
 	some grant in input.grants
 	grant.agent_id == input.subject.agent_id
 	covers(grant.path, input.resource.path)
+	grant_reaches(grant)
 }
 
 secret_denials contains "no grant covers this path" if {
-	input.action == "read"
+	grant_action
 	input.resource.exists == true
 	input.resource.owner != input.subject.agent_id
 	not grant_covers
 }
 
 # Rule 3: a bearer token lets its bearer do exactly what its scope says
-# (read, write or list), whoever owns the secret.
+# (read, write or list), with the authority of the agent and role that minted
+# it and up to the tier it was issued (or approved) for.
 token_ground := sprintf("token scope secrets:%s:%s covers this path", [input.token.action, input.token.pattern])
+
+token_reaches if input.resource.exists == false
+
+token_reaches if {
+	input.resource.owner == input.token.agent_id
+	token_scope_allows
+	tier_rank[input.resource.tier] <= tier_rank[input.token.tier]
+}
+
+token_scope_allows if input.resource.owner_scope == null
+
+token_scope_allows if input.resource.owner_scope == input.token.role
 
 secret_grounds contains token_ground if {
 	input.token.action == input.action
 	covers(input.token.pattern, input.resource.path)
+	token_reaches
 }
 
 token_covers if covers(input.token.pattern, input.resource.path)
@@ -152,14 +189,10 @@ secret_denials contains "token scope does not cover this path" if {
 	not token_covers
 }
 
-# ---- rule 4: list ---------------------------------------------------------
-
-# Any caller of the tenant may list; the vault filters the items by read decisions.
-list_grounds contains "any caller of the tenant may list"
-
-list_grounds contains token_ground if {
-	input.token.action == "list"
-	covers_listing(input.token.pattern, input.resource.path)
+secret_denials contains sprintf("token minted for %s secrets of its maker does not reach this one", [input.token.tier]) if {
+	input.token.action == input.action
+	token_covers
+	not token_reaches
 }
 
 # ---- rule 5: approve ------------------------------------------------------

@@ -52,7 +52,16 @@ req(role, action, resource) := {
 
 with_grants(r, grants) := object.union(r, {"grants": grants})
 
-with_token(r, action, pattern) := object.union(r, {"token": {"action": action, "pattern": pattern}})
+token_of(r, action, pattern, agent, role, tier) := object.union(r, {"token": {
+	"action": action,
+	"pattern": pattern,
+	"agent_id": agent,
+	"role": role,
+	"tier": tier,
+}})
+
+# A token minted by the other agent's agent-level caller, reaching every tier.
+with_token(r, action, pattern) := token_of(r, action, pattern, other, null, "critical")
 
 decide(r) := d if {
 	d := authz.decision with input as r with data.agentvault.config as cfg
@@ -70,7 +79,7 @@ denied_for(r, reasons) if {
 	d.reasons == reasons
 }
 
-owner_actions := ["read", "write", "delete", "rotate", "grant", "token", "import"]
+owner_actions := ["read", "write", "delete", "list", "rotate", "grant", "token", "import"]
 
 # ---- rule 1: owner scope ----------------------------------------------------
 
@@ -106,9 +115,19 @@ test_scoped_secret_denies_other_role if {
 	}
 }
 
-test_scoped_secret_denies_agent_level_caller if {
-	denied_for(req(null, "read", secret("prod/openai", me, "researcher")), ["secret is scoped to role researcher"])
-	denied_for(req(null, "write", secret("prod/openai", me, "researcher")), ["secret is scoped to role researcher"])
+test_scoped_secret_is_not_the_agent_level_callers_to_read_or_hand_on if {
+	every a in ["read", "list", "grant", "token"] {
+		denied_for(req(null, a, secret("prod/openai", me, "researcher")), ["secret is scoped to role researcher"])
+	}
+}
+
+test_agent_level_caller_provisions_scoped_secrets if {
+	every a in ["write", "delete", "rotate", "import"] {
+		decide(req(null, a, secret("prod/openai", me, "researcher"))) == {
+			"allow": true,
+			"reasons": ["the agent-level caller provisions its roles' secrets"],
+		}
+	}
 }
 
 test_new_path_write_import_rotate_read_allowed if {
@@ -121,10 +140,17 @@ test_new_path_write_import_rotate_read_allowed if {
 	allowed(req(null, "write", missing("new/key")))
 }
 
-test_new_path_delete_grant_token_denied if {
+test_new_path_delete_denied if {
 	denied_for(req(null, "delete", missing("new/key")), ["no secret at this path to delete"])
-	denied_for(req(null, "grant", missing("new/key")), ["no secret at this path to grant"])
-	denied_for(req(null, "token", missing("new/key")), ["no secret at this path to token"])
+}
+
+test_grants_and_tokens_may_name_paths_that_hold_nothing_yet if {
+	every a in ["grant", "token"] {
+		decide(req("writer", a, missing("shared/*"))) == {
+			"allow": true,
+			"reasons": ["grants and tokens reach only their maker's own secrets"],
+		}
+	}
 }
 
 test_other_agent_may_not_write_delete_rotate_grant_token if {
@@ -140,7 +166,7 @@ test_other_agent_may_not_read_without_grant if {
 # ---- rule 2: grants ---------------------------------------------------------
 
 test_exact_grant_allows_read if {
-	r := with_grants(req(null, "read", secret("prod/openai", other, "researcher")), [{"agent_id": me, "path": "prod/openai"}])
+	r := with_grants(req(null, "read", secret("prod/openai", other, null)), [{"agent_id": me, "path": "prod/openai"}])
 	decide(r) == {"allow": true, "reasons": ["grant of prod/openai covers this path"]}
 }
 
@@ -176,6 +202,18 @@ test_grants_never_allow_write_or_delete if {
 	}
 }
 
+test_grant_lists_what_it_covers if {
+	r := with_grants(req(null, "list", secret("prod/openai", other, null)), [{"agent_id": me, "path": "prod/*"}])
+	decide(r) == {"allow": true, "reasons": ["grant of prod/* covers this path"]}
+}
+
+test_grant_reaches_a_scoped_secret_only_when_that_role_made_it if {
+	s := secret("prod/openai", other, "researcher")
+	not allowed(with_grants(req(null, "read", s), [{"agent_id": me, "path": "prod/*", "role": null}]))
+	not allowed(with_grants(req(null, "read", s), [{"agent_id": me, "path": "prod/*", "role": "writer"}]))
+	allowed(with_grants(req(null, "read", s), [{"agent_id": me, "path": "prod/*", "role": "researcher"}]))
+}
+
 test_grant_does_not_bypass_own_role_scope if {
 	r := with_grants(req("writer", "read", secret("prod/openai", me, "researcher")), [{"agent_id": me, "path": "prod/*"}])
 	denied_for(r, ["secret is scoped to role researcher"])
@@ -184,7 +222,7 @@ test_grant_does_not_bypass_own_role_scope if {
 # ---- rule 3: bearer tokens --------------------------------------------------
 
 test_read_token_exact_allows_read_of_other_agents_secret if {
-	r := with_token(req(null, "read", secret("prod/openai", other, "researcher")), "read", "prod/openai")
+	r := with_token(req(null, "read", secret("prod/openai", other, null)), "read", "prod/openai")
 	decide(r) == {"allow": true, "reasons": ["token scope secrets:read:prod/openai covers this path"]}
 }
 
@@ -195,7 +233,7 @@ test_read_token_prefix_allows_read if {
 
 test_write_token_allows_write_regardless_of_owner if {
 	allowed(with_token(req(null, "write", secret("prod/openai", other, null)), "write", "prod/*"))
-	allowed(with_token(req("writer", "write", secret("prod/openai", me, "researcher")), "write", "prod/openai"))
+	allowed(token_of(req("writer", "write", secret("prod/openai", me, "researcher")), "write", "prod/openai", me, "researcher", "critical"))
 }
 
 test_token_action_mismatch_denies if {
@@ -213,27 +251,43 @@ test_token_path_mismatch_denies if {
 	denied_for(r, ["no grant covers this path", "not the owner of this secret", "token scope does not cover this path"])
 }
 
-test_list_token_covers_prefixes_within_its_pattern if {
-	every prefix in ["prod", "prod/", "prod/openai"] {
-		r := with_token(req(null, "list", missing(prefix)), "list", "prod/*")
-		"token scope secrets:list:prod/* covers this path" in decide(r).reasons
-	}
+test_list_token_lists_the_items_it_covers if {
+	r := with_token(req(null, "list", secret("prod/openai", other, null)), "list", "prod/*")
+	decide(r) == {"allow": true, "reasons": ["token scope secrets:list:prod/* covers this path"]}
+	not allowed(with_token(req(null, "list", secret("staging/openai", other, null)), "list", "prod/*"))
 }
 
-test_list_token_does_not_cover_wider_prefix if {
-	every prefix in ["pro", "staging", "prodx"] {
-		r := with_token(req(null, "list", missing(prefix)), "list", "prod/*")
-		decide(r) == {"allow": true, "reasons": ["any caller of the tenant may list"]}
-	}
+test_token_reaches_only_its_makers_secrets if {
+	r := token_of(req(null, "read", secret("prod/openai", other, null)), "read", "prod/*", "spiffe://example.org/agent/acme/third", null, "critical")
+	denied_for(r, [
+		"no grant covers this path",
+		"not the owner of this secret",
+		"token minted for critical secrets of its maker does not reach this one",
+	])
 }
 
-# ---- rule 4: listing --------------------------------------------------------
+test_token_reaches_only_up_to_its_tier if {
+	s := secret("prod/openai", other, null)
+	allowed(token_of(req(null, "read", s), "read", "prod/*", other, null, "sensitive"))
+	not allowed(token_of(req(null, "read", s), "read", "prod/*", other, null, "standard"))
+	allowed(token_of(req(null, "read", object.union(s, {"tier": "critical"})), "read", "prod/*", other, null, "critical"))
+	not allowed(token_of(req(null, "read", object.union(s, {"tier": "critical"})), "read", "prod/*", other, null, "sensitive"))
+}
+
+test_token_reaches_a_scoped_secret_only_when_that_role_minted_it if {
+	s := secret("prod/openai", other, "researcher")
+	not allowed(token_of(req(null, "read", s), "read", "prod/*", other, null, "critical"))
+	allowed(token_of(req(null, "read", s), "read", "prod/*", other, "researcher", "critical"))
+}
+
+# ---- rule 4: listing (the prefix, then each item as for read) --------------------------------------------------------
 
 test_any_caller_may_list if {
 	every role in [null, "writer"] {
 		decide(req(role, "list", missing("prod"))) == {"allow": true, "reasons": ["any caller of the tenant may list"]}
 	}
-	allowed(req(null, "list", secret("prod", other, "researcher")))
+	allowed(req(null, "list", secret("prod/a", me, null)))
+	denied_for(req(null, "list", secret("prod/a", other, null)), ["no grant covers this path", "not the owner of this secret"])
 }
 
 # ---- rule 5: approvals ------------------------------------------------------

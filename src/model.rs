@@ -96,6 +96,10 @@ pub enum Tier {
 /// A secret's metadata as stored: everything but the versions' ciphertexts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SecretRecord {
+    /// The tenant whose keys the record was written under. Stored so that a
+    /// record copied into another tenant's keys is caught before the policy
+    /// decides on it.
+    pub tenant: String,
     pub path: String,
     /// The version a plain read returns.
     pub active_version: u64,
@@ -170,6 +174,9 @@ pub struct Grant {
     pub created_at: DateTime<Utc>,
     /// The agent-level SPIFFE ID of the granting agent.
     pub created_by: String,
+    /// The granting caller's role: a grant reaches only that role's scoped secrets.
+    #[serde(default)]
+    pub role: Option<String>,
 }
 
 /// Where a token request that needs a human stands.
@@ -218,6 +225,13 @@ pub struct TokenRecord {
     pub created_at: DateTime<Utc>,
     /// The effective SPIFFE ID of the caller that minted it.
     pub created_by: String,
+    /// The agent-level SPIFFE ID and role of the minting caller, whose
+    /// authority the token carries.
+    pub agent_id: String,
+    pub role: Option<String>,
+    /// The highest tier the token reaches: what it was approved for, or what
+    /// needed no approval when it was minted.
+    pub tier: Tier,
 }
 
 /// A token request waiting for (or decided by) an approver.

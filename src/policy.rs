@@ -181,21 +181,23 @@ pub struct GrantInput {
     pub agent_id: String,
     /// An exact path or `prefix/*`.
     pub path: String,
+    /// The role that made the grant; only its role-scoped secrets are reachable.
+    pub role: Option<String>,
 }
 
-/// The claims of a presented bearer token, already checked in Rust for expiry and uses.
-#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
-pub struct TokenClaims {
+/// A token's scope: what it lets its bearer do, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenScope {
     /// `read`, `write` or `list`.
     pub action: String,
     /// An exact path or `prefix/*`.
     pub pattern: String,
 }
 
-impl TokenClaims {
+impl TokenScope {
     /// Parses `secrets:<read|write|list>:<path or prefix/*>`. The path follows
     /// the contract's path rules, so no scope can cover the whole tenant.
-    pub fn parse_scope(scope: &str) -> Result<Self, PolicyError> {
+    pub fn parse(scope: &str) -> Result<Self, PolicyError> {
         let bad = |reason: &str| PolicyError::BadScope {
             scope: scope.to_owned(),
             reason: reason.to_owned(),
@@ -216,6 +218,33 @@ impl TokenClaims {
             pattern: pattern.to_owned(),
         })
     }
+
+    /// The claims of a token with this scope minted by `agent_id` (as `role`)
+    /// for secrets up to `tier`.
+    pub fn claims(self, agent_id: &str, role: Option<&str>, tier: Tier) -> TokenClaims {
+        TokenClaims {
+            action: self.action,
+            pattern: self.pattern,
+            agent_id: agent_id.to_owned(),
+            role: role.map(str::to_owned),
+            tier,
+        }
+    }
+}
+
+/// The claims of a presented bearer token, already checked in Rust for expiry
+/// and uses. A token carries the authority of the agent and role that minted
+/// it, up to the tier it was issued (or approved) for, never more.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct TokenClaims {
+    pub action: String,
+    pub pattern: String,
+    /// The agent-level SPIFFE ID of the minting agent.
+    pub agent_id: String,
+    /// The role the minting caller had, if any.
+    pub role: Option<String>,
+    /// The highest tier the token reaches.
+    pub tier: Tier,
 }
 
 /// Everything the policy sees about one request.
@@ -487,6 +516,7 @@ fn input_value(input: &PolicyInput) -> regorus::Value {
             object([
                 ("agent_id", str_value(&g.agent_id)),
                 ("path", str_value(&g.path)),
+                ("role", opt_str_value(g.role.as_deref())),
             ])
         })
         .collect::<Vec<_>>();
@@ -494,6 +524,9 @@ fn input_value(input: &PolicyInput) -> regorus::Value {
         object([
             ("action", str_value(&t.action)),
             ("pattern", str_value(&t.pattern)),
+            ("agent_id", str_value(&t.agent_id)),
+            ("role", opt_str_value(t.role.as_deref())),
+            ("tier", str_value(tier_name(t.tier))),
         ])
     });
     object([
@@ -807,11 +840,17 @@ mod tests {
         GrantInput {
             agent_id: agent_id.into(),
             path: path.into(),
+            role: None,
         }
     }
 
+    /// A token minted by this agent's agent-level caller, reaching every tier.
     fn token(scope: &str) -> Option<TokenClaims> {
-        Some(TokenClaims::parse_scope(scope).unwrap())
+        Some(
+            TokenScope::parse(scope)
+                .unwrap()
+                .claims(ME, None, Tier::Critical),
+        )
     }
 
     fn with_grants(mut input: PolicyInput, grants: Vec<GrantInput>) -> PolicyInput {
@@ -821,6 +860,17 @@ mod tests {
 
     fn with_token(mut input: PolicyInput, scope: &str) -> PolicyInput {
         input.token = token(scope);
+        input
+    }
+
+    fn with_token_of(
+        mut input: PolicyInput,
+        scope: &str,
+        agent: &str,
+        role: Option<&str>,
+        tier: Tier,
+    ) -> PolicyInput {
+        input.token = Some(TokenScope::parse(scope).unwrap().claims(agent, role, tier));
         input
     }
 
@@ -871,6 +921,34 @@ mod tests {
                 vec!["secret is scoped to role researcher"],
             ),
             (
+                "scoped secret, agent-level caller provisions",
+                input(None, Write, secret("prod/openai", ME, Some("researcher"))),
+                true,
+                vec!["the agent-level caller provisions its roles' secrets"],
+            ),
+            (
+                "scoped secret, agent-level caller may not read",
+                input(None, Read, secret("prod/openai", ME, Some("researcher"))),
+                false,
+                vec!["secret is scoped to role researcher"],
+            ),
+            (
+                "scoped secret, other role may not list it",
+                input(
+                    Some("writer"),
+                    List,
+                    secret("prod/openai", ME, Some("researcher")),
+                ),
+                false,
+                vec!["secret is scoped to role researcher"],
+            ),
+            (
+                "grant on a prefix holding nothing yet",
+                input(Some("writer"), Grant, Resource::missing("shared/*")),
+                true,
+                vec!["grants and tokens reach only their maker's own secrets"],
+            ),
+            (
                 "new path write",
                 input(Some("writer"), Write, Resource::missing("new/key")),
                 true,
@@ -909,7 +987,7 @@ mod tests {
             (
                 "exact grant",
                 with_grants(
-                    input(None, Read, secret("prod/openai", OTHER, Some("x"))),
+                    input(None, Read, secret("prod/openai", OTHER, None)),
                     vec![grant(ME, "prod/openai")],
                 ),
                 true,
@@ -943,6 +1021,42 @@ mod tests {
                 vec![NO_GRANT, NOT_OWNER],
             ),
             (
+                "a grant lists",
+                with_grants(
+                    input(None, List, secret("prod/openai", OTHER, None)),
+                    vec![grant(ME, "prod/*")],
+                ),
+                true,
+                vec!["grant of prod/* covers this path"],
+            ),
+            (
+                "other agent's secret is not listed without a grant",
+                input(None, List, secret("prod/openai", OTHER, None)),
+                false,
+                vec![NO_GRANT, NOT_OWNER],
+            ),
+            (
+                "a grant by the agent-level caller does not reach a scoped secret",
+                with_grants(
+                    input(None, Read, secret("prod/openai", OTHER, Some("researcher"))),
+                    vec![grant(ME, "prod/*")],
+                ),
+                false,
+                vec![NO_GRANT, NOT_OWNER],
+            ),
+            (
+                "a grant by the scope's role reaches its secret",
+                with_grants(
+                    input(None, Read, secret("prod/openai", OTHER, Some("researcher"))),
+                    vec![GrantInput {
+                        role: Some("researcher".into()),
+                        ..grant(ME, "prod/*")
+                    }],
+                ),
+                true,
+                vec!["grant of prod/* covers this path"],
+            ),
+            (
                 "grants never allow delete",
                 with_grants(
                     input(None, Delete, secret("prod/openai", OTHER, None)),
@@ -952,16 +1066,64 @@ mod tests {
                 vec![NOT_OWNER],
             ),
             (
-                "read token",
-                with_token(
+                "read token of the owning agent",
+                with_token_of(
                     input(None, Read, secret("prod/openai", OTHER, None)),
                     "secrets:read:prod/*",
+                    OTHER,
+                    None,
+                    Tier::Sensitive,
                 ),
                 true,
                 vec!["token scope secrets:read:prod/* covers this path"],
             ),
             (
-                "write token ignores owner scope",
+                "read token of another agent",
+                with_token(
+                    input(None, Read, secret("prod/openai", OTHER, None)),
+                    "secrets:read:prod/*",
+                ),
+                false,
+                vec![
+                    NO_GRANT,
+                    NOT_OWNER,
+                    "token minted for critical secrets of its maker does not reach this one",
+                ],
+            ),
+            (
+                "read token above its tier",
+                with_token_of(
+                    input(None, Read, secret("prod/openai", OTHER, None)),
+                    "secrets:read:prod/*",
+                    OTHER,
+                    None,
+                    Tier::Standard,
+                ),
+                false,
+                vec![
+                    NO_GRANT,
+                    NOT_OWNER,
+                    "token minted for standard secrets of its maker does not reach this one",
+                ],
+            ),
+            (
+                "write token of the scope's role ignores the caller's role",
+                with_token_of(
+                    input(
+                        Some("writer"),
+                        Write,
+                        secret("prod/openai", ME, Some("researcher")),
+                    ),
+                    "secrets:write:prod/openai",
+                    ME,
+                    Some("researcher"),
+                    Tier::Critical,
+                ),
+                true,
+                vec!["token scope secrets:write:prod/openai covers this path"],
+            ),
+            (
+                "write token of another role does not reach a scoped secret",
                 with_token(
                     input(
                         Some("writer"),
@@ -970,8 +1132,11 @@ mod tests {
                     ),
                     "secrets:write:prod/openai",
                 ),
-                true,
-                vec!["token scope secrets:write:prod/openai covers this path"],
+                false,
+                vec![
+                    "secret is scoped to role researcher",
+                    "token minted for critical secrets of its maker does not reach this one",
+                ],
             ),
             (
                 "list token",
@@ -1075,12 +1240,13 @@ mod tests {
             secret("prod/db", OTHER, None),
             Resource::missing("prod"),
         ];
-        let extras: [(Vec<GrantInput>, Option<&str>); 5] = [
+        let extras: [(Vec<GrantInput>, Option<&str>); 6] = [
             (vec![], None),
             (vec![grant(ME, "prod/*")], None),
             (vec![grant(OTHER, "prod/db")], None),
             (vec![], Some("secrets:read:prod/*")),
             (vec![], Some("secrets:list:prod/*")),
+            (vec![], Some("secrets:write:prod/openai/*")),
         ];
         let mut out = Vec::new();
         for role in roles {
@@ -1196,7 +1362,7 @@ mod tests {
             ("secrets:write:prod/*", "write", "prod/*"),
             ("secrets:list:a.b/c-d_e/*", "list", "a.b/c-d_e/*"),
         ] {
-            let claims = TokenClaims::parse_scope(scope).unwrap();
+            let claims = TokenScope::parse(scope).unwrap();
             assert_eq!(
                 (claims.action.as_str(), claims.pattern.as_str()),
                 (action, pattern)
@@ -1219,10 +1385,7 @@ mod tests {
             "Secrets:read:prod/x",
         ] {
             assert!(
-                matches!(
-                    TokenClaims::parse_scope(scope),
-                    Err(PolicyError::BadScope { .. })
-                ),
+                matches!(TokenScope::parse(scope), Err(PolicyError::BadScope { .. })),
                 "{scope:?}"
             );
         }

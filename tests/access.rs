@@ -459,6 +459,39 @@ async fn a_token_reads_for_any_local_process_until_its_uses_run_out() {
     }
 }
 
+/// A prefix token carries its minter's authority as it stood: secrets written
+/// later under the prefix by another agent, or above the tier the token was
+/// issued for, stay out of its reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_token_reaches_only_its_minters_secrets_up_to_its_tier() {
+    let shared = Shared::new();
+    let a = shared.sidecar("acme", "a", &[]);
+    let b = shared.sidecar("acme", "b", &[]);
+    let (ca, cb) = (a.client(), b.client());
+    let token = mint_ok(&ca, "secrets:read:team/*", 60, None).await;
+
+    put(&ca, "team/std", json!({"value": "std-1", "tier": "standard"})).await;
+    put(&ca, "team/sens", json!({"value": "sens-1", "tier": "sensitive"})).await;
+    put(&ca, "team/crit", json!({"value": "crit-1", "tier": "critical"})).await;
+    put(&cb, "team/theirs", json!({"value": "theirs-1"})).await;
+
+    let bearer = b.client().with_token(&token);
+    for (path, value) in [("team/std", "std-1"), ("team/sens", "sens-1")] {
+        let reply = read(&bearer, path).await;
+        assert_eq!(reply.status, 200, "{path}: {:?}", reply.json());
+        assert_eq!(reply.json()["value"], value);
+    }
+    let crit = read(&bearer, "team/crit").await;
+    assert_denied(&crit, "does not reach this one");
+    assert!(!String::from_utf8_lossy(&crit.body).contains("crit-1"));
+
+    // b's own secret stays b's: the token speaks for a, and a has no grant.
+    let stranger = shared.sidecar("acme", "c", &[]);
+    let theirs = read(&stranger.client().with_token(&token), "team/theirs").await;
+    assert_denied(&theirs, "does not reach this one");
+    assert!(!String::from_utf8_lossy(&theirs.body).contains("theirs-1"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_and_unknown_tokens_are_unauthenticated() {
     let shared = Shared::new();

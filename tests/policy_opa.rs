@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use agentvault::model::{SecretType, Tier};
 use agentvault::policy::{
     Action, Decision, GrantInput, PolicyConfig, PolicyEngine, PolicyInput, Resource, Subject,
-    TokenClaims,
+    TokenClaims, TokenScope,
 };
 
 const ME: &str = "spiffe://example.org/agent/acme/bot";
@@ -104,11 +104,16 @@ fn grant(agent_id: &str, path: &str) -> GrantInput {
     GrantInput {
         agent_id: agent_id.into(),
         path: path.into(),
+        role: None,
     }
 }
 
+fn token_of(scope: &str, agent: &str, role: Option<&str>, tier: Tier) -> Option<TokenClaims> {
+    Some(TokenScope::parse(scope).unwrap().claims(agent, role, tier))
+}
+
 fn token(scope: &str) -> Option<TokenClaims> {
-    Some(TokenClaims::parse_scope(scope).unwrap())
+    token_of(scope, OTHER, None, Tier::Critical)
 }
 
 /// Every combination of caller, action, resource and extra (grants or token),
@@ -150,6 +155,26 @@ fn inputs() -> Vec<PolicyInput> {
         Box::new(|_| (vec![], token("secrets:read:prod/*"))),
         Box::new(|_| (vec![], token("secrets:write:prod/openai"))),
         Box::new(|_| (vec![], token("secrets:list:prod/*"))),
+        Box::new(|_| {
+            let by_role = token_of(
+                "secrets:read:prod/*",
+                ME,
+                Some("researcher"),
+                Tier::Critical,
+            );
+            (vec![], by_role)
+        }),
+        Box::new(|_| {
+            let low_tier = token_of("secrets:read:prod/*", OTHER, None, Tier::Sensitive);
+            (vec![], low_tier)
+        }),
+        Box::new(|r| {
+            let by_role = GrantInput {
+                role: Some("researcher".into()),
+                ..grant(ME, &r.path)
+            };
+            (vec![by_role], None)
+        }),
         Box::new(|_| (vec![grant(ME, "team/*")], token("secrets:read:staging/*"))),
     ];
     let mut out = Vec::new();

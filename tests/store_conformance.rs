@@ -16,6 +16,7 @@ const T: &str = "acme";
 fn record(path: &str, latest: u64, active: u64) -> SecretRecord {
     let now = Utc::now();
     SecretRecord {
+        tenant: T.to_owned(),
         path: path.to_owned(),
         active_version: active,
         latest_version: latest,

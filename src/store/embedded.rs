@@ -388,7 +388,7 @@ impl Store for EmbeddedStore {
                 .map_err(unavailable)?;
             Ok(TokenUse::Spent {
                 uses_remaining: stored.uses,
-                record: stored.record,
+                record: Box::new(stored.record),
             })
         })
         .await

@@ -55,7 +55,7 @@ pub enum TokenUse {
     /// Its approval is pending or was denied; nothing was spent.
     NotApproved(ApprovalStatus),
     Spent {
-        record: TokenRecord,
+        record: Box<TokenRecord>,
         uses_remaining: Option<u64>,
     },
 }

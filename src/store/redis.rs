@@ -453,7 +453,7 @@ impl Store for RedisStore {
         };
         Ok(match code {
             1 => TokenUse::Spent {
-                record: decode("token", text(1).as_bytes())?,
+                record: Box::new(decode("token", text(1).as_bytes())?),
                 uses_remaining: text(2).parse().ok(),
             },
             2 => TokenUse::Exhausted,

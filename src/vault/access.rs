@@ -15,7 +15,9 @@ use crate::identity::{Caller, WorkloadIdentity, DEFAULT_ID_PATTERN};
 use crate::model::{
     ApprovalRecord, ApprovalStatus, Grant, SecretPath, SecretRecord, Tier, TokenRecord,
 };
-use crate::policy::{Action, Decision, GrantInput, PolicyInput, Resource, Subject, TokenClaims};
+use crate::policy::{
+    Action, Decision, GrantInput, PolicyInput, Resource, Subject, TokenClaims, TokenScope,
+};
 use crate::store::TokenUse;
 
 /// The longest a token may live.
@@ -153,11 +155,15 @@ impl Vault {
             }
             TokenUse::NotApproved(_) => denied("the token is waiting for approval"),
             TokenUse::Spent { record, .. } => {
-                let claims = TokenClaims::parse_scope(&record.scope)
+                let scope = TokenScope::parse(&record.scope)
                     .map_err(|e| VaultError::Corrupt(format!("stored token scope: {e}")))?;
                 Ok(Access {
                     caller,
-                    token: Some(claims),
+                    token: Some(scope.claims(
+                        &record.agent_id,
+                        record.role.as_deref(),
+                        record.tier,
+                    )),
                 })
             }
         }
@@ -183,6 +189,7 @@ impl Vault {
             .map(|g| GrantInput {
                 agent_id: g.agent_id.clone(),
                 path: g.path.clone(),
+                role: g.role.clone(),
             })
             .collect()
     }
@@ -268,6 +275,7 @@ impl Vault {
             path: path.to_owned(),
             created_at: Utc::now(),
             created_by: self.workload.spiffe_id.clone(),
+            role: caller.role.clone(),
         };
         self.store.put_grant(&self.workload.tenant, &grant).await?;
         tracing::info!(caller = %caller.spiffe_id, grant_id = %grant.grant_id, grantee = %grant.agent_id, path, "grant created");
@@ -342,7 +350,7 @@ impl Vault {
         req: TokenRequest,
     ) -> Result<TokenIssued, VaultError> {
         let access = self.access(caller).await?;
-        let claims = TokenClaims::parse_scope(&req.scope)
+        let claims = TokenScope::parse(&req.scope)
             .map_err(|e| VaultError::invalid("scope", e.to_string()))?;
         if !(1..=MAX_TOKEN_TTL_SECONDS).contains(&req.ttl_seconds) {
             return Err(VaultError::invalid(
@@ -370,8 +378,12 @@ impl Vault {
             .map(|r| r.tier)
             .max()
             .unwrap_or(Tier::Standard);
-        let needs_approval = tier == Tier::Critical
-            || (tier == Tier::Sensitive && self.access.sensitive_needs_approval);
+        let unguarded = if self.access.sensitive_needs_approval {
+            Tier::Standard
+        } else {
+            Tier::Sensitive
+        };
+        let needs_approval = tier > unguarded;
         let now = Utc::now();
         let token = random_id("avt_", 32);
         let hash = token_hash(&token);
@@ -395,6 +407,9 @@ impl Vault {
             description: req.description.clone(),
             created_at: now,
             created_by: caller.spiffe_id.clone(),
+            agent_id: self.workload.spiffe_id.clone(),
+            role: caller.role.clone(),
+            tier: tier.max(unguarded),
         };
         self.store
             .create_token(&self.workload.tenant, &record, approval.as_ref())
@@ -429,10 +444,7 @@ impl Vault {
         let mut covered = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let page = self
-                .store
-                .list(&self.workload.tenant, prefix, after.as_deref(), PAGE)
-                .await?;
+            let page = self.records(prefix, after.as_deref(), PAGE).await?;
             let full = page.len() == PAGE;
             after = page.last().map(|r| r.path.clone());
             covered.extend(page);

@@ -124,10 +124,7 @@ impl Vault {
         let access = self.access(caller).await?;
         self.retrying(|| async {
             let now = Utc::now();
-            let snapshot = self
-                .store
-                .read(&self.workload.tenant, path.as_str(), Some(version))
-                .await?;
+            let snapshot = self.snapshot(&path, Some(version)).await?;
             let current = snapshot.as_ref().map(|(record, _)| record);
             self.authorize(&access, Action::Write, resource(current, path.as_str()))
                 .await?;
@@ -188,10 +185,7 @@ impl Vault {
         let rotated = self
             .retrying(|| async {
                 let now = Utc::now();
-                let snapshot = self
-                    .store
-                    .read(&self.workload.tenant, path.as_str(), None)
-                    .await?;
+                let snapshot = self.snapshot(&path, None).await?;
                 let current = snapshot.as_ref().map(|(record, _)| record);
                 self.authorize(&access, Action::Rotate, resource(current, path.as_str()))
                     .await?;
@@ -332,7 +326,7 @@ impl Vault {
         let mut warnings = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let page = self.store.list(tenant, "", after.as_deref(), PAGE).await?;
+            let page = self.records("", after.as_deref(), PAGE).await?;
             for record in &page {
                 let Some(expires_at) = record.expires_at.filter(|at| *at > now) else {
                     continue;

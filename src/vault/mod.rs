@@ -29,7 +29,7 @@ use crate::model::{
     is_path_char, SecretPath, SecretRecord, SecretType, Tier, VersionRecord, MAX_PATH_LEN,
 };
 use crate::policy::{Action, PolicyEngine, Resource};
-use crate::store::{Commit, Store, StoreError};
+use crate::store::{Commit, Snapshot, Store, StoreError};
 
 /// How often a write re-reads and retries after losing a race to another writer.
 const MAX_WRITE_ATTEMPTS: usize = 32;
@@ -440,10 +440,58 @@ impl Vault {
 
     async fn record(&self, path: &SecretPath) -> Result<Option<SecretRecord>, VaultError> {
         Ok(self
-            .store
-            .read(&self.workload.tenant, path.as_str(), Some(0))
+            .snapshot(path, Some(0))
             .await?
             .map(|(record, _)| record))
+    }
+
+    /// The secret's record and the given version (or the active one), from
+    /// this tenant's keys.
+    async fn snapshot(
+        &self,
+        path: &SecretPath,
+        version: Option<u64>,
+    ) -> Result<Option<Snapshot>, VaultError> {
+        let snapshot = self
+            .store
+            .read(&self.workload.tenant, path.as_str(), version)
+            .await?;
+        if let Some((record, _)) = &snapshot {
+            self.check_tenant(record)?;
+        }
+        Ok(snapshot)
+    }
+
+    /// Up to `limit` records under `prefix` after `after`, from this tenant's keys.
+    async fn records(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SecretRecord>, VaultError> {
+        let records = self
+            .store
+            .list(&self.workload.tenant, prefix, after, limit)
+            .await?;
+        records.iter().try_for_each(|r| self.check_tenant(r))?;
+        Ok(records)
+    }
+
+    /// Nothing authenticates a record's metadata before the policy decides on
+    /// it, so a record that names another tenant, copied here by someone with
+    /// write access to the store, is refused outright.
+    fn check_tenant(&self, record: &SecretRecord) -> Result<(), VaultError> {
+        if record.tenant == self.workload.tenant {
+            return Ok(());
+        }
+        tracing::error!(
+            tenant = %self.workload.tenant, path = %record.path, record_tenant = %record.tenant,
+            "stored record names another tenant; possible tampering"
+        );
+        Err(VaultError::Corrupt(format!(
+            "the record at `{}` belongs to another tenant",
+            record.path
+        )))
     }
 
     /// The commit that writes `req` as the next version on top of `current`,
@@ -552,6 +600,7 @@ impl Vault {
         now: DateTime<Utc>,
     ) -> SecretRecord {
         let mut record = current.unwrap_or_else(|| SecretRecord {
+            tenant: self.workload.tenant.clone(),
             path: path.to_string(),
             active_version: 0,
             latest_version: 0,
@@ -606,10 +655,7 @@ impl Vault {
         version: Option<u64>,
     ) -> Result<Secret, VaultError> {
         let path = parse_path(path)?;
-        let snapshot = self
-            .store
-            .read(&self.workload.tenant, path.as_str(), version)
-            .await?;
+        let snapshot = self.snapshot(&path, version).await?;
         let record = snapshot.as_ref().map(|(record, _)| record);
         self.authorize(access, Action::Read, resource(record, path.as_str()))
             .await?;
@@ -707,10 +753,7 @@ impl Vault {
         let access = self.access(caller).await?;
         self.authorize(&access, Action::List, Resource::missing(prefix))
             .await?;
-        let mut records = self
-            .store
-            .list(&self.workload.tenant, prefix, after.as_deref(), limit + 1)
-            .await?;
+        let mut records = self.records(prefix, after.as_deref(), limit + 1).await?;
         let more = records.len() > limit;
         records.truncate(limit);
         let next_cursor = more
