@@ -1,33 +1,43 @@
 //! The HTTP/1.1 front end of the contract (`api.md`): routing, JSON bodies, and
 //! the single mapping from domain error codes to HTTP statuses.
 
+use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Body;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::body::{Body, Frame};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::audit::AuditEntry;
 use crate::identity::{Caller, Peer};
 use crate::metrics::Metrics;
+use crate::ratelimit::{RateLimiter, RateSettings};
 use crate::model::ApprovalStatus;
 use crate::vault::{
     current_vault, ErrorCode, ImportRequest, MetadataUpdate, PutRequest, SecretValue, TokenRequest,
     Vault, VaultError, VaultWatch,
 };
 
-pub type ResponseBody = Full<Bytes>;
+/// A whole body, or the open-ended body of an SSE stream.
+pub type ResponseBody = BoxBody<Bytes, Infallible>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Default limit on a request body.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
 const REQUEST_ID: &str = "x-request-id";
+/// An idle audit stream sends a comment this often, so proxies and clients
+/// can tell a quiet stream from a dead one.
+const SSE_HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// The HTTP status for a contract error code; the only place this mapping lives.
 pub fn status_of(code: ErrorCode) -> StatusCode {
@@ -49,6 +59,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
 enum ApiError {
     Vault(VaultError),
     MethodNotAllowed(&'static str),
+    /// The caller is over its rate; it may try again after this long.
+    RateLimited(Duration),
 }
 
 impl From<VaultError> for ApiError {
@@ -64,6 +76,10 @@ pub struct Api {
     vault: VaultWatch,
     metrics: Arc<Metrics>,
     max_body_bytes: usize,
+    rates: RateLimiter,
+    /// Set when the server shuts down, so open audit streams end and the
+    /// connections can drain.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Deserialize)]
@@ -109,11 +125,18 @@ impl ErrorBody<'static> {
 }
 
 impl Api {
-    pub fn new(vault: VaultWatch, metrics: Arc<Metrics>, max_body_bytes: usize) -> Self {
+    pub fn new(
+        vault: VaultWatch,
+        metrics: Arc<Metrics>,
+        max_body_bytes: usize,
+        rates: RateSettings,
+    ) -> Self {
         Self {
             vault,
             metrics,
             max_body_bytes,
+            rates: RateLimiter::new(rates),
+            closing: tokio::sync::watch::channel(false).0,
         }
     }
 
@@ -132,8 +155,12 @@ impl Api {
         let is_head = method == Method::HEAD;
         let answer = match (current_vault(&self.vault), bearer(&req)) {
             (Ok(vault), Ok(bearer)) => {
-                let caller = Caller::new(vault.workload(), peer, bearer);
-                self.route(&vault, &caller, req).await
+                let caller =
+                    Caller::new(vault.workload(), peer, bearer).with_request_id(&request_id);
+                match self.rates.check(&caller.spiffe_id) {
+                    Err(wait) if op != "health" => Err(ApiError::RateLimited(wait)),
+                    _ => self.route(&vault, &caller, req).await,
+                }
             }
             (Err(e), _) | (_, Err(e)) => Err(e.into()),
         };
@@ -148,6 +175,18 @@ impl Api {
                 r.headers_mut()
                     .insert(ALLOW, HeaderValue::from_static(allow));
                 (r, "method_not_allowed")
+            }
+            Err(ApiError::RateLimited(wait)) => {
+                let code = ErrorCode::RateLimited;
+                let seconds = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+                let mut r = error_response(
+                    status_of(code),
+                    code.as_str(),
+                    format!("caller is over its request rate; retry after {seconds}s"),
+                );
+                r.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(seconds));
+                (r, code.as_str())
             }
             Err(ApiError::Vault(VaultError::Denied { reasons })) => {
                 let code = ErrorCode::PolicyDenied;
@@ -170,7 +209,7 @@ impl Api {
             }
         };
         if is_head {
-            *response.body_mut() = Full::new(Bytes::new());
+            *response.body_mut() = full(Bytes::new());
         }
         if let Ok(id) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(REQUEST_ID, id);
@@ -296,6 +335,21 @@ impl Api {
                     &vault.approvals(caller).await?,
                 ))
             }
+            Some(("audit", None)) => {
+                get("GET")?;
+                let items = vault.audit_log(caller, query.number("limit")?).await?;
+                Ok(json_response(StatusCode::OK, &json!({ "items": items })))
+            }
+            Some(("audit", Some("stream"))) => {
+                get("GET")?;
+                let last = req
+                    .headers()
+                    .get("last-event-id")
+                    .and_then(|v| v.to_str().ok())
+                    .or(query.get("last_event_id"))
+                    .filter(|v| !v.is_empty());
+                self.audit_stream(vault, caller, last).await
+            }
             Some(("approvals", Some(rest))) => {
                 post("POST")?;
                 let (id, approve) = match rest.rsplit_once('/') {
@@ -356,6 +410,52 @@ impl Api {
             }
             _ => Err(ApiError::MethodNotAllowed("GET, HEAD, PUT, PATCH, DELETE")),
         }
+    }
+
+    /// Ends every open audit stream; called when the server stops accepting.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// `GET /v1/audit/stream`: Server-Sent Events following the tenant's
+    /// audit stream after `last` (else from now), with heartbeat comments.
+    async fn audit_stream(&self, vault: &Vault, caller: &Caller, last: Option<&str>) -> Answer {
+        let mut follow = vault.audit_follow(caller, last).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+        let mut closing = self.closing.subscribe();
+        tokio::spawn(async move {
+            let hello = format!(": audit events after {}\nretry: 1000\n\n", follow.cursor());
+            if tx.send(Bytes::from(hello)).await.is_err() {
+                return;
+            }
+            loop {
+                let next = tokio::select! {
+                    next = follow.next(SSE_HEARTBEAT) => next,
+                    _ = closing.wait_for(|closed| *closed) => return,
+                    () = tx.closed() => return,
+                };
+                let frame = match next {
+                    Ok(entries) if entries.is_empty() => ": heartbeat\n\n".to_owned(),
+                    Ok(entries) => entries.iter().map(sse_message).collect(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "audit stream: storage unavailable; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        ": storage unavailable; retrying\n\n".to_owned()
+                    }
+                };
+                if tx.send(Bytes::from(frame)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut response = Response::new(SseBody(rx).boxed());
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert(
+            hyper::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache"),
+        );
+        Ok(response)
     }
 
     async fn health(&self, vault: &Vault) -> Answer {
@@ -485,6 +585,8 @@ fn operation(method: &Method, path: &str) -> &'static str {
         (Some(("grants", _)), _) => "grant",
         (Some(("tokens", None)), _) => "token",
         (Some(("approvals", _)), _) => "approval",
+        (Some(("audit", None)), _) => "audit",
+        (Some(("audit", Some(_))), _) => "audit_stream",
         (Some(("secrets", Some(_))), m) => match *m {
             Method::GET => "get",
             Method::HEAD => "head",
@@ -525,9 +627,37 @@ impl Query {
     }
 }
 
+fn full(bytes: Bytes) -> ResponseBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+/// One audit event as an SSE message: `id:` is its stream id, `data:` its JSON
+/// (one line: JSON strings escape their newlines).
+fn sse_message(entry: &AuditEntry) -> String {
+    match serde_json::to_string(entry) {
+        Ok(data) => format!("id: {}\ndata: {data}\n\n", entry.id),
+        Err(_) => String::new(),
+    }
+}
+
+/// The body of an SSE stream: whatever the feeding task sends, until it stops.
+struct SseBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl Body for SseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+    }
+}
+
 fn json_response<T: Serialize + ?Sized>(status: StatusCode, body: &T) -> Response<ResponseBody> {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    let mut response = Response::new(full(Bytes::from(bytes)));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -536,7 +666,7 @@ fn json_response<T: Serialize + ?Sized>(status: StatusCode, body: &T) -> Respons
 }
 
 fn empty_response(status: StatusCode) -> Response<ResponseBody> {
-    let mut response = Response::new(Full::new(Bytes::new()));
+    let mut response = Response::new(full(Bytes::new()));
     *response.status_mut() = status;
     response
 }

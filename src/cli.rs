@@ -108,6 +108,18 @@ pub enum Command {
         #[command(subcommand)]
         decision: Option<ApprovalCommand>,
     },
+    /// Show this tenant's newest audit events, oldest first.
+    Audit {
+        /// How many of the newest events to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Keep printing new events, from every sidecar of the tenant, until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+        /// One JSON object per line instead of columns.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -195,6 +207,9 @@ pub struct SidecarFlags {
     /// Largest accepted secret value.
     #[arg(long, env = "AGENTVAULT_MAX_VALUE_BYTES")]
     pub max_value_bytes: Option<usize>,
+    /// Requests per second each caller identity may make (0: unlimited).
+    #[arg(long, env = "AGENTVAULT_RATE_LIMIT", value_name = "PER_SECOND")]
+    pub rate_limit: Option<u32>,
     /// URL that receives expiry warnings (7 days and 1 day ahead).
     #[arg(long, env = "AGENTVAULT_EXPIRY_WEBHOOK")]
     pub expiry_webhook: Option<String>,
@@ -207,6 +222,12 @@ pub struct SidecarFlags {
     /// The SPIFFE Workload API socket (`serve`).
     #[arg(long = "workload-api", env = "SPIFFE_ENDPOINT_SOCKET")]
     pub workload_api: Option<String>,
+    /// Audit events kept per tenant, approximately (default 100000).
+    #[arg(long, env = "AGENTVAULT_AUDIT_MAX_LEN")]
+    pub audit_max_len: Option<usize>,
+    /// Refuse writes and critical reads while audit events cannot be stored (default true).
+    #[arg(long, env = "AGENTVAULT_AUDIT_FAIL_CLOSED", value_name = "BOOL")]
+    pub audit_fail_closed: Option<bool>,
 }
 
 #[derive(Debug, Args)]
@@ -521,7 +542,81 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Import(args) => import(&client, args).await,
+        Command::Audit {
+            limit,
+            follow,
+            json,
+        } => audit(&client, limit, follow, json).await,
     }
+}
+
+/// Prints the newest events, then with `follow` streams new ones after them.
+async fn audit(client: &Client, limit: usize, follow: bool, json: bool) -> Result<(), CliError> {
+    let reply = call(client, Method::GET, &format!("/v1/audit?limit={limit}"), None).await?;
+    let mut items = reply.json()["items"].as_array().cloned().unwrap_or_default();
+    items.reverse();
+    for item in &items {
+        print_audit_event(item, json);
+    }
+    if !follow {
+        return Ok(());
+    }
+    // Resume right after what was printed: nothing is missed or repeated.
+    let last = items
+        .last()
+        .and_then(|e| e["id"].as_str())
+        .unwrap_or("0-0")
+        .to_owned();
+    let mut stream = client
+        .stream("/v1/audit/stream", &[("last-event-id", &last)])
+        .await
+        .map_err(|e| CliError::new(5, e.to_string()))?;
+    if stream.status != 200 {
+        let reply = stream
+            .into_reply()
+            .await
+            .map_err(|e| CliError::new(5, e.to_string()))?;
+        return Err(CliError::from_reply(&reply));
+    }
+    loop {
+        match stream.next_event().await {
+            Ok(Some(event)) => {
+                if let Ok(item) = serde_json::from_str::<Value>(&event.data) {
+                    print_audit_event(&item, json);
+                }
+            }
+            Ok(None) => return Err(CliError::new(5, "the sidecar closed the audit stream")),
+            Err(e) => return Err(CliError::new(5, e.to_string())),
+        }
+    }
+}
+
+fn print_audit_event(item: &Value, json: bool) {
+    let line = if json {
+        item.to_string()
+    } else {
+        let fields = [
+            "ts", "event", "spiffe_id", "action", "path", "version", "outcome", "request_id",
+        ];
+        let mut line = fields
+            .iter()
+            .map(|f| match &item[*f] {
+                Value::String(s) => s.clone(),
+                Value::Null => "-".to_owned(),
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\t");
+        if let Some(reasons) = item["reasons"].as_array().filter(|r| !r.is_empty()) {
+            let reasons: Vec<&str> = reasons.iter().filter_map(Value::as_str).collect();
+            line.push('\t');
+            line.push_str(&reasons.join("; "));
+        }
+        line
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 fn overrides(socket: Option<PathBuf>, flags: SidecarFlags) -> Overrides {
@@ -534,10 +629,13 @@ fn overrides(socket: Option<PathBuf>, flags: SidecarFlags) -> Overrides {
         roles: flags.roles,
         max_body_bytes: flags.max_body_bytes,
         max_value_bytes: flags.max_value_bytes,
+        rate_limit: flags.rate_limit,
         expiry_webhook: flags.expiry_webhook,
         expiry_check_interval: flags.expiry_check_interval,
         policy_dir: flags.policy_dir,
         workload_api: flags.workload_api,
+        audit_max_len: flags.audit_max_len,
+        audit_fail_closed: flags.audit_fail_closed,
     }
 }
 

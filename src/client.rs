@@ -106,6 +106,95 @@ impl Connection {
     }
 }
 
+/// One Server-Sent Events message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub data: String,
+}
+
+/// A response whose body is read as it arrives (an SSE stream).
+pub struct Streaming {
+    pub status: u16,
+    pub headers: HeaderMap,
+    body: hyper::body::Incoming,
+    pending: Vec<u8>,
+}
+
+impl Streaming {
+    /// The next message with data; comments and bare fields are skipped.
+    /// `None` when the stream ends.
+    pub async fn next_event(&mut self) -> Result<Option<SseEvent>, ClientError> {
+        loop {
+            if let Some(end) = find_blank_line(&self.pending) {
+                let block: Vec<u8> = self.pending.drain(..end.1).collect();
+                if let Some(event) = parse_sse_block(&block[..end.0]) {
+                    return Ok(Some(event));
+                }
+                continue;
+            }
+            match self.body.frame().await {
+                Some(frame) => {
+                    if let Ok(data) = frame?.into_data() {
+                        self.pending.extend_from_slice(&data);
+                    }
+                }
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// The rest of the body as a plain reply (for an error answer).
+    pub async fn into_reply(self) -> Result<Reply, ClientError> {
+        let mut body = self.pending;
+        body.extend_from_slice(&self.body.collect().await?.to_bytes());
+        Ok(Reply {
+            status: self.status,
+            headers: self.headers,
+            body: Bytes::from(body),
+        })
+    }
+}
+
+/// Where the first message ends: (end of its text, end of its blank line).
+fn find_blank_line(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, i + 2));
+    let crlf = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, i + 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Parses one SSE message block; `None` when it carries no data.
+pub fn parse_sse_block(block: &[u8]) -> Option<SseEvent> {
+    let text = String::from_utf8_lossy(block);
+    let mut id = None;
+    let mut data: Option<String> = None;
+    for line in text.lines() {
+        if line.starts_with(':') {
+            continue;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "id" => id = Some(value.to_owned()),
+            "data" => match &mut data {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(value);
+                }
+                None => data = Some(value.to_owned()),
+            },
+            _ => {}
+        }
+    }
+    data.map(|data| SseEvent { id, data })
+}
+
 /// Opens a connection per request: the simple choice for a CLI.
 #[derive(Clone)]
 pub struct Client {
@@ -152,6 +241,45 @@ impl Client {
             .await
     }
 
+    /// Sends a GET and hands back the response before its body is read, for
+    /// streams; `headers` are extra request headers (e.g. `Last-Event-ID`).
+    pub async fn stream(
+        &self,
+        uri: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Streaming, ClientError> {
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    path: self.socket.clone(),
+                    source,
+                })?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut builder = Request::builder()
+            .method(Method::GET)
+            .uri(uri)
+            .header(HOST, "agentvault")
+            .header(hyper::header::ACCEPT, "text/event-stream");
+        if let Some(token) = &self.token {
+            builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let response = sender.send_request(builder.body(Full::new(Bytes::new()))?).await?;
+        Ok(Streaming {
+            status: response.status().as_u16(),
+            headers: response.headers().clone(),
+            body: response.into_body(),
+            pending: Vec::new(),
+        })
+    }
+
     pub async fn get(&self, uri: &str) -> Result<Reply, ClientError> {
         self.request(Method::GET, uri, None).await
     }
@@ -164,5 +292,30 @@ impl Client {
     ) -> Result<Reply, ClientError> {
         self.request(method, uri, Some(body.to_string().into_bytes()))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_blocks_parse_and_comments_are_skipped() {
+        assert_eq!(parse_sse_block(b": heartbeat"), None);
+        assert_eq!(parse_sse_block(b"retry: 1000"), None);
+        assert_eq!(
+            parse_sse_block(b"id: 1-0\ndata: {\"a\":1}"),
+            Some(SseEvent {
+                id: Some("1-0".into()),
+                data: "{\"a\":1}".into()
+            })
+        );
+        assert_eq!(
+            parse_sse_block(b"data: a\ndata: b").map(|e| e.data),
+            Some("a\nb".into())
+        );
+        assert_eq!(find_blank_line(b"x\n\ny"), Some((1, 3)));
+        assert_eq!(find_blank_line(b"x\r\n\r\ny"), Some((1, 5)));
+        assert_eq!(find_blank_line(b"x\n"), None);
     }
 }

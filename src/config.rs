@@ -9,8 +9,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::api::DEFAULT_MAX_BODY_BYTES;
+use crate::audit::AuditSettings;
 use crate::identity::{IdentityError, RoleMap, RoleRule, WorkloadIdentity, DEFAULT_ID_PATTERN};
 use crate::policy::PolicyConfig;
+use crate::ratelimit::RateSettings;
 use crate::store::RedisTarget;
 use crate::vault::{AccessSettings, Limits};
 
@@ -62,6 +64,21 @@ pub struct Config {
     pub expiry: ExpiryConfig,
     pub policy: PolicySection,
     pub approvals: ApprovalsConfig,
+    pub audit: AuditConfig,
+}
+
+/// The audit stream: how much of it the store keeps, and what happens to
+/// requests while it cannot be written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Events kept per tenant, approximately (default 100000).
+    pub max_len: Option<usize>,
+    /// Refuse writes and critical reads (503) while events cannot be stored
+    /// (default true); other requests answer and their events are retried.
+    pub fail_closed: Option<bool>,
+    /// Events held in memory while the store is down (default 10000).
+    pub buffer: Option<usize>,
 }
 
 /// Where the Rego policies live and the roles they treat specially.
@@ -117,6 +134,9 @@ pub struct LimitsConfig {
     pub max_body_bytes: Option<usize>,
     pub max_value_bytes: Option<usize>,
     pub max_batch_paths: Option<usize>,
+    /// Requests per second per caller identity; 0 turns limiting off.
+    pub rate_per_second: Option<u32>,
+    pub rate_burst: Option<u32>,
 }
 
 impl Config {
@@ -146,10 +166,13 @@ pub struct Overrides {
     pub roles: Vec<RoleRule>,
     pub max_body_bytes: Option<usize>,
     pub max_value_bytes: Option<usize>,
+    pub rate_limit: Option<u32>,
     pub expiry_webhook: Option<String>,
     pub expiry_check_interval: Option<String>,
     pub policy_dir: Option<PathBuf>,
     pub workload_api: Option<String>,
+    pub audit_max_len: Option<usize>,
+    pub audit_fail_closed: Option<bool>,
 }
 
 /// Where the workload's identity comes from.
@@ -185,8 +208,10 @@ pub struct Settings {
     pub access: AccessSettings,
     pub limits: Limits,
     pub max_body_bytes: usize,
+    pub rates: RateSettings,
     pub expiry_webhook: Option<String>,
     pub expiry_check_interval: Duration,
+    pub audit: AuditSettings,
 }
 
 /// Default interval between expiry-warning scans.
@@ -296,6 +321,32 @@ impl Settings {
         let access = AccessSettings {
             sensitive_needs_approval: config.approvals.sensitive,
         };
+        let per_second = flags
+            .rate_limit
+            .or(config.limits.rate_per_second)
+            .unwrap_or(RateSettings::default().per_second);
+        let rates = RateSettings {
+            per_second,
+            burst: config
+                .limits
+                .rate_burst
+                .unwrap_or(per_second.saturating_mul(2)),
+        };
+        let audit_defaults = AuditSettings::default();
+        let audit = AuditSettings {
+            max_len: flags
+                .audit_max_len
+                .or(config.audit.max_len)
+                .unwrap_or(audit_defaults.max_len),
+            fail_closed: flags
+                .audit_fail_closed
+                .or(config.audit.fail_closed)
+                .unwrap_or(audit_defaults.fail_closed),
+            buffer: config.audit.buffer.unwrap_or(audit_defaults.buffer),
+        };
+        if audit.max_len == 0 {
+            return Err(invalid("audit.max_len", "must be at least 1"));
+        }
         let defaults = Limits::default();
         let limits = Limits {
             max_value_bytes: flags
@@ -352,8 +403,10 @@ impl Settings {
                 .max_body_bytes
                 .or(config.limits.max_body_bytes)
                 .unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            rates,
             expiry_webhook,
             expiry_check_interval,
+            audit,
             policy_dir,
             policy,
             access,

@@ -250,6 +250,8 @@ pub struct Caller {
     pub role: Option<String>,
     pub cred: PeerCred,
     pub bearer: Option<String>,
+    /// The front end's id for the request, carried into audit events and logs.
+    pub request_id: Option<String>,
 }
 
 impl Caller {
@@ -263,7 +265,14 @@ impl Caller {
             role: peer.role.clone(),
             cred: peer.cred,
             bearer,
+            request_id: None,
         }
+    }
+
+    /// The same caller, acting in the request with this id.
+    pub fn with_request_id(mut self, request_id: impl Into<String>) -> Self {
+        self.request_id = Some(request_id.into());
+        self
     }
 }
 
@@ -274,6 +283,7 @@ impl fmt::Debug for Caller {
             .field("role", &self.role)
             .field("cred", &self.cred)
             .field("bearer", &self.bearer.as_ref().map(|_| "[redacted]"))
+            .field("request_id", &self.request_id)
             .finish()
     }
 }

@@ -6,6 +6,7 @@
 //! [`identity`] says who is asking; [`metrics`] counts what happened.
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod identity;
 pub mod metrics;
 pub mod model;
 pub mod policy;
+pub mod ratelimit;
 pub mod server;
 pub mod sidecar;
 pub mod store;

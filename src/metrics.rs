@@ -8,10 +8,12 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
+
+use crate::audit::{EventKind, Telemetry};
 
 pub struct Metrics {
     registry: Registry,
@@ -20,6 +22,9 @@ pub struct Metrics {
     storage_errors: IntCounter,
     expiry_warnings: IntCounterVec,
     svid_expiry: IntGauge,
+    policy_eval: Histogram,
+    audit_events: IntCounterVec,
+    audit_buffered: IntGauge,
 }
 
 impl Metrics {
@@ -70,6 +75,34 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let policy_eval = Histogram::with_opts(
+            HistogramOpts::new(
+                "agentvault_policy_eval_duration_seconds",
+                "Time one policy decision took",
+            )
+            .buckets(vec![
+                0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                0.05,
+            ]),
+        )
+        .expect("valid metric");
+        let audit_events = IntCounterVec::new(
+            Opts::new(
+                "agentvault_audit_events_total",
+                "Audit events this sidecar emitted, by event name",
+            ),
+            &["event"],
+        )
+        .expect("valid metric");
+        // Every event name is shown from the start, at zero.
+        for kind in EventKind::ALL {
+            audit_events.with_label_values(&[kind.as_str()]);
+        }
+        let audit_buffered = IntGauge::new(
+            "agentvault_audit_buffered_events",
+            "Audit events waiting in memory because the store could not take them",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -77,6 +110,9 @@ impl Metrics {
             Box::new(expiry_warnings.clone()),
             Box::new(svid_expiry.clone()),
             Box::new(build_info),
+            Box::new(policy_eval.clone()),
+            Box::new(audit_events.clone()),
+            Box::new(audit_buffered.clone()),
         ] {
             registry
                 .register(collector)
@@ -89,6 +125,9 @@ impl Metrics {
             storage_errors,
             expiry_warnings,
             svid_expiry,
+            policy_eval,
+            audit_events,
+            audit_buffered,
         }
     }
 
@@ -116,6 +155,21 @@ impl Metrics {
         // Encoding into a Vec cannot fail.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+}
+
+impl Telemetry for Metrics {
+    fn policy_evaluated(&self, elapsed: Duration) {
+        self.policy_eval.observe(elapsed.as_secs_f64());
+    }
+
+    fn audit_event(&self, kind: EventKind) {
+        self.audit_events.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    fn audit_buffered(&self, waiting: usize) {
+        self.audit_buffered
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
     }
 }
 

@@ -125,6 +125,8 @@ pub async fn serve(
     // Close the listener and remove the socket first, so new clients fail fast
     // instead of queueing on a socket that will never answer.
     drop(socket);
+    // Open audit streams never finish on their own.
+    api.close();
     tracing::info!("shutting down: draining open connections");
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await

@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
 use crate::api::Api;
+use crate::audit::{self, Auditor};
 use crate::config::{IdentitySettings, Settings, StorageSettings};
 use crate::crypto::{CryptoError, Keyring};
 use crate::expiry::Notifier;
@@ -107,6 +108,7 @@ impl Sidecar {
             vault.clone(),
             metrics.clone(),
             settings.max_body_bytes,
+            settings.rates,
         ));
         let metrics_addr = match settings.metrics_addr {
             Some(addr) => {
@@ -233,6 +235,13 @@ impl Assembly {
                         None => match WorkloadIdentity::parse(&svid.spiffe_id, &pattern) {
                             Ok(id) => {
                                 tracing::info!(identity = %id.spiffe_id, not_after = %svid.not_after, "SVID received");
+                                let auditor = Auditor::new(
+                                    self.store.clone(),
+                                    &id.tenant,
+                                    self.settings.audit,
+                                    self.metrics.clone(),
+                                );
+                                tokio::spawn(auditor.clone().run(audit::RETRY_INTERVAL));
                                 let vault = Vault::new(
                                     self.store.clone(),
                                     self.keyring.tenant_cipher(&id.tenant),
@@ -240,6 +249,7 @@ impl Assembly {
                                     self.settings.limits,
                                     self.policy.clone(),
                                     self.settings.access,
+                                    auditor,
                                 );
                                 let vault = Arc::new(vault);
                                 let notifier = Notifier::new(

@@ -536,3 +536,36 @@ async fn request_ids_are_echoed_or_made() {
         "request id appears in the log"
     );
 }
+
+/// A caller over its rate gets 429 with `Retry-After`, and nothing it sent is
+/// written; other callers and health are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_over_its_rate_is_told_when_to_retry() {
+    let env = TestEnv::start_with(Backend::Embedded, &["--rate-limit", "1"]);
+    let c = env.client();
+    // The burst (twice the rate, at least) goes through first.
+    let mut limited = None;
+    for n in 0..20 {
+        let reply = put(&c, &format!("burst/{n}"), json!({"value": "v"})).await;
+        if reply.status == 429 {
+            limited = Some((n, reply));
+            break;
+        }
+        assert_eq!(reply.status, 200, "{:?}", reply.json());
+    }
+    let (n, reply) = limited.expect("the burst ran out");
+    assert_error(&reply, 429, "rate_limited");
+    let retry_after: u64 = reply.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .expect("Retry-After in seconds");
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    assert_eq!(get(&c, "/v1/health").await.status, 200, "health is not limited");
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    let listed = get(&c, "/v1/secrets?prefix=burst").await;
+    assert_eq!(listed.status, 200, "{:?}", listed.json());
+    let body = listed.json();
+    let items = body["items"].as_array().expect("items");
+    assert_eq!(items.len(), n, "the limited write wrote nothing: {items:?}");
+}

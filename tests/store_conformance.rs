@@ -9,7 +9,10 @@ use std::sync::Arc;
 use agentvault::crypto::Sealed;
 use agentvault::model::{SecretRecord, SecretType, Tier, VersionRecord};
 use agentvault::store::{Commit, EmbeddedStore, RedisStore, RedisTarget, Store, StoreError};
+use agentvault::audit::{AuditEntry, AuditEvent, AuditId, EventKind};
+use agentvault::identity::{Caller, Peer, PeerCred, RoleMap, WorkloadIdentity};
 use chrono::Utc;
+use std::time::{Duration, Instant};
 
 const T: &str = "acme";
 
@@ -309,6 +312,118 @@ async fn claims_go_to_exactly_one_caller_until_they_lapse(store: Arc<dyn Store>)
     );
 }
 
+fn audit_event(path: &str) -> AuditEvent {
+    let workload = WorkloadIdentity::new("td", T, "bot").unwrap();
+    let cred = PeerCred {
+        pid: Some(7),
+        uid: 1000,
+        gid: 1000,
+    };
+    let caller = Caller::new(&workload, &Peer::identify(&RoleMap::default(), cred), None)
+        .with_request_id("req-1");
+    AuditEvent::new(EventKind::Accessed, &caller)
+        .action("read")
+        .path(path)
+        .version(Some(1))
+}
+
+fn paths(entries: &[AuditEntry]) -> Vec<&str> {
+    entries
+        .iter()
+        .map(|e| e.event.path.as_deref().unwrap_or_default())
+        .collect()
+}
+
+async fn audit_appends_in_order_and_reads_newest_first(store: Arc<dyn Store>) {
+    assert!(store.audit_newest(T, 10).await.unwrap().is_empty());
+    let batch = [audit_event("a"), audit_event("b"), audit_event("c")];
+    let ids = store.append_audit(T, &batch, 1000).await.unwrap();
+    assert_eq!(ids.len(), 3);
+    let more = store
+        .append_audit(T, &[audit_event("d")], 1000)
+        .await
+        .unwrap();
+    let all: Vec<AuditId> = ids.iter().chain(&more).copied().collect();
+    assert!(all.windows(2).all(|w| w[0] < w[1]), "ids grow: {all:?}");
+
+    let newest = store.audit_newest(T, 2).await.unwrap();
+    assert_eq!(paths(&newest), ["d", "c"]);
+    assert_eq!(newest[0].id, all[3]);
+    let everything = store.audit_newest(T, 100).await.unwrap();
+    assert_eq!(paths(&everything), ["d", "c", "b", "a"]);
+    assert_eq!(everything[3].event, batch[0], "stored as appended");
+    assert!(
+        store.audit_newest("other", 10).await.unwrap().is_empty(),
+        "tenants have their own streams"
+    );
+}
+
+async fn audit_followers_wait_for_new_events_and_resume(store: Arc<dyn Store>) {
+    let ids = store
+        .append_audit(T, &[audit_event("a"), audit_event("b")], 1000)
+        .await
+        .unwrap();
+    let mut follower = store.audit_follower(T).await.unwrap();
+    let from_start = follower
+        .after(AuditId::START, 10, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(paths(&from_start), ["a", "b"]);
+    let resumed = follower
+        .after(ids[0], 10, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(paths(&resumed), ["b"], "resumes after the id given");
+
+    let started = Instant::now();
+    let nothing = follower
+        .after(ids[1], 10, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(nothing.is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(250), "it waited");
+
+    let writer = store.clone();
+    let append = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        writer
+            .append_audit(T, &[audit_event("c")], 1000)
+            .await
+            .unwrap()
+    });
+    let started = Instant::now();
+    let woke = follower
+        .after(ids[1], 10, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(paths(&woke), ["c"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "woken by the append"
+    );
+    assert_eq!(woke[0].id, append.await.unwrap()[0]);
+    let other = store.audit_follower("other").await.unwrap().after(AuditId::START, 10, Duration::ZERO).await.unwrap();
+    assert!(other.is_empty(), "a follower sees only its tenant");
+}
+
+async fn audit_is_trimmed_to_about_max_len(store: Arc<dyn Store>) {
+    let mut last = None;
+    for round in 0..6 {
+        let batch: Vec<AuditEvent> = (0..50)
+            .map(|i| audit_event(&format!("p{}", round * 50 + i)))
+            .collect();
+        last = store.append_audit(T, &batch, 10).await.unwrap().pop();
+    }
+    let kept = store.audit_newest(T, 1000).await.unwrap();
+    assert!(
+        kept.len() >= 10 && kept.len() < 300,
+        "kept {} of 300",
+        kept.len()
+    );
+    assert_eq!(kept[0].id, last.unwrap(), "the newest are kept");
+    assert_eq!(paths(&kept[..1]), ["p299"]);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod redis_store {
@@ -347,6 +462,9 @@ conformance!(
     racing_writers_never_share_a_version,
     commit_all_is_all_or_nothing,
     claims_go_to_exactly_one_caller_until_they_lapse,
+    audit_appends_in_order_and_reads_newest_first,
+    audit_followers_wait_for_new_events_and_resume,
+    audit_is_trimmed_to_about_max_len,
 );
 
 #[tokio::test]

@@ -12,7 +12,8 @@ use redb::{Database, ReadableTable, TableDefinition};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{decode, encode, Commit, Snapshot, Store, StoreError, TokenUse};
+use super::{decode, encode, AuditFollower, Commit, Snapshot, Store, StoreError, TokenUse};
+use crate::audit::{AuditEntry, AuditEvent, AuditId};
 use crate::model::{
     ApprovalRecord, ApprovalStatus, Grant, SecretRecord, TokenRecord, VersionRecord,
 };
@@ -29,6 +30,11 @@ const GRANTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("grant
 const TOKENS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("tokens");
 /// (tenant, approval id) → JSON ApprovalRecord.
 const APPROVALS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("approvals");
+/// (tenant, millis, seq) → JSON AuditEvent: ids in the same `<millis>-<seq>`
+/// form and order as a Redis stream's.
+const AUDIT: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("audit");
+/// tenant → number of audit events kept, so trimming needs no count.
+const AUDIT_LEN: TableDefinition<&str, u64> = TableDefinition::new("audit_len");
 
 #[derive(Serialize, Deserialize)]
 struct StoredToken {
@@ -61,6 +67,74 @@ fn unix_millis(t: SystemTime) -> u64 {
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    /// Bumped after every audit append, so followers wake without polling.
+    appended: tokio::sync::watch::Sender<u64>,
+}
+
+/// Up to `limit` of `tenant`'s audit events after `after`, oldest first.
+fn audit_after(
+    db: &Database,
+    tenant: &str,
+    after: AuditId,
+    limit: usize,
+) -> Result<Vec<AuditEntry>, StoreError> {
+    let txn = db.begin_read().map_err(unavailable)?;
+    let audit = txn.open_table(AUDIT).map_err(unavailable)?;
+    let mut out = Vec::new();
+    let range = audit
+        .range((tenant, after.ms, after.seq)..=(tenant, u64::MAX, u64::MAX))
+        .map_err(unavailable)?;
+    for entry in range {
+        let (key, raw) = entry.map_err(unavailable)?;
+        let (_, ms, seq) = key.value();
+        let id = AuditId { ms, seq };
+        if id == after {
+            continue;
+        }
+        if out.len() == limit {
+            break;
+        }
+        out.push(AuditEntry {
+            id,
+            event: decode("audit", raw.value())?,
+        });
+    }
+    Ok(out)
+}
+
+struct EmbeddedFollower {
+    db: Arc<Database>,
+    tenant: String,
+    appended: tokio::sync::watch::Receiver<u64>,
+}
+
+#[async_trait]
+impl AuditFollower for EmbeddedFollower {
+    async fn after(
+        &mut self,
+        after: AuditId,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Marked seen before reading, so an append after the read wakes us.
+            self.appended.borrow_and_update();
+            let (db, tenant) = (self.db.clone(), self.tenant.clone());
+            let found =
+                tokio::task::spawn_blocking(move || audit_after(&db, &tenant, after, limit.max(1)))
+                    .await
+                    .map_err(|e| StoreError::Unavailable(format!("storage task failed: {e}")))??;
+            if !found.is_empty() {
+                return Ok(found);
+            }
+            match tokio::time::timeout_at(deadline, self.appended.changed()).await {
+                Ok(Ok(())) => continue,
+                // Timed out, or the store is gone.
+                _ => return Ok(Vec::new()),
+            }
+        }
+    }
 }
 
 fn unavailable(e: impl Into<redb::Error>) -> StoreError {
@@ -83,8 +157,13 @@ impl EmbeddedStore {
         txn.open_table(GRANTS).map_err(unavailable)?;
         txn.open_table(TOKENS).map_err(unavailable)?;
         txn.open_table(APPROVALS).map_err(unavailable)?;
+        txn.open_table(AUDIT).map_err(unavailable)?;
+        txn.open_table(AUDIT_LEN).map_err(unavailable)?;
         txn.commit().map_err(unavailable)?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self {
+            db: Arc::new(db),
+            appended: tokio::sync::watch::channel(0).0,
+        })
     }
 
     /// Runs blocking redb work off the async workers.
@@ -469,5 +548,119 @@ impl Store for EmbeddedStore {
             Ok(out)
         })
         .await
+    }
+
+    async fn append_audit(
+        &self,
+        tenant: &str,
+        events: &[AuditEvent],
+        max_len: usize,
+    ) -> Result<Vec<AuditId>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (tenant, raw): (String, Vec<Vec<u8>>) =
+            (tenant.to_owned(), events.iter().map(encode).collect());
+        let max_len = max_len.max(1) as u64;
+        let ids = self
+            .write(move |txn| {
+                let mut audit = txn.open_table(AUDIT).map_err(unavailable)?;
+                let mut lens = txn.open_table(AUDIT_LEN).map_err(unavailable)?;
+                let t = tenant.as_str();
+                let mut last = audit
+                    .range((t, 0, 0)..=(t, u64::MAX, u64::MAX))
+                    .map_err(unavailable)?
+                    .next_back()
+                    .transpose()
+                    .map_err(unavailable)?
+                    .map(|(key, _)| {
+                        let (_, ms, seq) = key.value();
+                        AuditId { ms, seq }
+                    })
+                    .unwrap_or(AuditId::START);
+                let now = unix_millis(SystemTime::now());
+                let mut ids = Vec::with_capacity(raw.len());
+                for event in &raw {
+                    // Like Redis: the clock's millisecond, or the last id's
+                    // with the next sequence number if the clock is behind.
+                    let id = if now > last.ms {
+                        AuditId { ms: now, seq: 0 }
+                    } else {
+                        AuditId {
+                            ms: last.ms,
+                            seq: last.seq + 1,
+                        }
+                    };
+                    audit
+                        .insert((t, id.ms, id.seq), event.as_slice())
+                        .map_err(unavailable)?;
+                    ids.push(id);
+                    last = id;
+                }
+                let mut len = lens.get(t).map_err(unavailable)?.map_or(0, |l| l.value())
+                    + raw.len() as u64;
+                // Trimmed in steps, like Redis's `MAXLEN ~`.
+                if len > max_len + max_len / 10 {
+                    let excess = len - max_len;
+                    let doomed: Vec<(u64, u64)> = audit
+                        .range((t, 0, 0)..=(t, u64::MAX, u64::MAX))
+                        .map_err(unavailable)?
+                        .take(excess as usize)
+                        .map(|entry| {
+                            entry.map(|(key, _)| {
+                                let (_, ms, seq) = key.value();
+                                (ms, seq)
+                            })
+                        })
+                        .collect::<Result<_, _>>()
+                        .map_err(unavailable)?;
+                    for (ms, seq) in doomed {
+                        audit.remove((t, ms, seq)).map_err(unavailable)?;
+                        len -= 1;
+                    }
+                }
+                lens.insert(t, len).map_err(unavailable)?;
+                Ok(ids)
+            })
+            .await?;
+        self.appended.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(ids)
+    }
+
+    async fn audit_newest(
+        &self,
+        tenant: &str,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let tenant = tenant.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let audit = txn.open_table(AUDIT).map_err(unavailable)?;
+            let t = tenant.as_str();
+            let mut out = Vec::new();
+            for entry in audit
+                .range((t, 0, 0)..=(t, u64::MAX, u64::MAX))
+                .map_err(unavailable)?
+                .rev()
+                .take(limit.max(1))
+            {
+                let (key, raw) = entry.map_err(unavailable)?;
+                let (_, ms, seq) = key.value();
+                out.push(AuditEntry {
+                    id: AuditId { ms, seq },
+                    event: decode("audit", raw.value())?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn audit_follower(&self, tenant: &str) -> Result<Box<dyn AuditFollower>, StoreError> {
+        Ok(Box::new(EmbeddedFollower {
+            db: self.db.clone(),
+            tenant: tenant.to_owned(),
+            appended: self.appended.subscribe(),
+        }))
     }
 }

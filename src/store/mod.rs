@@ -13,6 +13,7 @@ use async_trait::async_trait;
 
 use chrono::{DateTime, Utc};
 
+use crate::audit::{AuditEntry, AuditEvent, AuditId};
 use crate::model::{
     ApprovalRecord, ApprovalStatus, Grant, SecretRecord, TokenRecord, VersionRecord,
 };
@@ -148,6 +149,37 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<SecretRecord>, StoreError>;
+
+    /// Appends events to the tenant's audit stream, in order and all or none,
+    /// trimming it to about `max_len` events (oldest first). Returns their ids,
+    /// which grow across every sidecar sharing the store.
+    async fn append_audit(
+        &self,
+        tenant: &str,
+        events: &[AuditEvent],
+        max_len: usize,
+    ) -> Result<Vec<AuditId>, StoreError>;
+
+    /// The newest `limit` audit events, newest first.
+    async fn audit_newest(&self, tenant: &str, limit: usize)
+        -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// A reader that waits for new audit events, with its own connection so
+    /// that its waiting holds up no other request.
+    async fn audit_follower(&self, tenant: &str) -> Result<Box<dyn AuditFollower>, StoreError>;
+}
+
+/// Follows one tenant's audit stream.
+#[async_trait]
+pub trait AuditFollower: Send {
+    /// Up to `limit` events after `after`, oldest first; waits up to `wait`
+    /// for the first one and returns nothing if none came.
+    async fn after(
+        &mut self,
+        after: AuditId,
+        limit: usize,
+        wait: std::time::Duration,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
 fn decode<T: serde::de::DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T, StoreError> {

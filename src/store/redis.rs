@@ -6,19 +6,23 @@
 //! `av:{t}:v:<path>` hash {version → record}, `av:{t}:idx` zset of paths (lex order),
 //! `av:{t}:claim:<name>` one-shot claims with a TTL, `av:{t}:grants` hash {id → grant},
 //! `av:{t}:tok:<sha256>` hash {record, uses, approval, exp}, `av:{t}:appr` and
-//! `av:{t}:apprst` hashes {approval id → record / status}.
+//! `av:{t}:apprst` hashes {approval id → record / status}, `av:{t}:audit`
+//! stream of audit events (field `e`: the event's JSON).
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
 use tokio::sync::OnceCell;
 
 use chrono::{DateTime, Utc};
 
-use super::{decode, encode, Commit, Snapshot, Store, StoreError, TokenUse};
+use super::{decode, encode, AuditFollower, Commit, Snapshot, Store, StoreError, TokenUse};
+use crate::audit::{AuditEntry, AuditEvent, AuditId};
 use crate::model::{
     ApprovalRecord, ApprovalStatus, Grant, SecretRecord, TokenRecord, VersionRecord,
 };
@@ -107,6 +111,9 @@ return 1
 /// How long one Redis call may take before the request answers `unavailable`.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest one blocking `XREAD` waits, well inside its connection's timeout.
+const MAX_FOLLOW_WAIT: Duration = Duration::from_secs(30);
+const FOLLOW_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where to connect: one standalone server, or the seed nodes of a cluster.
 #[derive(Debug, Clone)]
@@ -194,7 +201,120 @@ fn tenant_key(tenant: &str, name: &str) -> String {
     format!("av:{{{tenant}}}:{name}")
 }
 
+/// A connection of its own for blocking reads of the audit stream.
+enum FollowConn {
+    Standalone(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+struct RedisFollower {
+    conn: FollowConn,
+    key: String,
+}
+
+#[async_trait]
+impl AuditFollower for RedisFollower {
+    async fn after(
+        &mut self,
+        after: AuditId,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT").arg(limit.max(1));
+        let wait_ms = wait.min(MAX_FOLLOW_WAIT).as_millis() as u64;
+        if wait_ms > 0 {
+            cmd.arg("BLOCK").arg(wait_ms);
+        }
+        cmd.arg("STREAMS").arg(&self.key).arg(after.to_string());
+        let reply: Value = match &mut self.conn {
+            FollowConn::Standalone(c) => cmd.query_async(c).await,
+            FollowConn::Cluster(c) => cmd.query_async(c).await,
+        }
+        .map_err(unavailable)?;
+        // RESP2: [[key, entries]]; RESP3: {key: entries}; nil when nothing came.
+        let streams = match reply {
+            Value::Array(streams) => streams
+                .into_iter()
+                .filter_map(|s| match s {
+                    Value::Array(mut pair) if pair.len() == 2 => pair.pop(),
+                    _ => None,
+                })
+                .collect(),
+            Value::Map(streams) => streams.into_iter().map(|(_, v)| v).collect(),
+            _ => Vec::new(),
+        };
+        let mut out = Vec::new();
+        for entries in streams {
+            out.extend(stream_entries(entries)?);
+        }
+        Ok(out)
+    }
+}
+
+/// Decodes `[[id, [field, value, …]], …]` as returned by XRANGE and XREAD.
+fn stream_entries(reply: Value) -> Result<Vec<AuditEntry>, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        path: "audit".into(),
+        reason,
+    };
+    let Value::Array(items) = reply else {
+        return Ok(Vec::new());
+    };
+    items
+        .into_iter()
+        .map(|item| {
+            let Value::Array(mut pair) = item else {
+                return Err(corrupt("stream entry is not [id, fields]".into()));
+            };
+            let (Some(Value::Array(fields)), Some(id)) = (pair.pop(), pair.pop()) else {
+                return Err(corrupt("stream entry is not [id, fields]".into()));
+            };
+            let id: String = redis::from_redis_value(id).map_err(|e| corrupt(e.to_string()))?;
+            let id: AuditId = id.parse().map_err(corrupt)?;
+            let mut fields = fields.into_iter();
+            while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+                let name: String =
+                    redis::from_redis_value(name).map_err(|e| corrupt(e.to_string()))?;
+                if name == "e" {
+                    let raw: Vec<u8> =
+                        redis::from_redis_value(value).map_err(|e| corrupt(e.to_string()))?;
+                    let event: AuditEvent = decode("audit", &raw)?;
+                    return Ok(AuditEntry { id, event });
+                }
+            }
+            Err(corrupt(format!("stream entry {id} has no event")))
+        })
+        .collect()
+}
+
 impl RedisStore {
+    /// A fresh connection, not shared with the request path, for blocking reads.
+    async fn follow_conn(&self) -> Result<FollowConn, StoreError> {
+        match &self.target {
+            RedisTarget::Standalone(url) => {
+                let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(FOLLOW_RESPONSE_TIMEOUT));
+                let conn = client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(FollowConn::Standalone(conn))
+            }
+            RedisTarget::Cluster(urls) => {
+                let client = redis::cluster::ClusterClientBuilder::new(urls.clone())
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .response_timeout(FOLLOW_RESPONSE_TIMEOUT)
+                    .build()
+                    .map_err(unavailable)?;
+                let conn = client.get_async_connection().await.map_err(unavailable)?;
+                Ok(FollowConn::Cluster(conn))
+            }
+        }
+    }
+
     pub fn new(target: RedisTarget) -> Self {
         Self {
             target,
@@ -538,5 +658,64 @@ impl Store for RedisStore {
             // A path deleted between the two calls is simply absent from the page.
             .filter_map(|(path, bytes)| bytes.map(|b| decode(path, &b)))
             .collect()
+    }
+
+    async fn append_audit(
+        &self,
+        tenant: &str,
+        events: &[AuditEvent],
+        max_len: usize,
+    ) -> Result<Vec<AuditId>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn().await?;
+        let key = tenant_key(tenant, "audit");
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for event in events {
+            pipe.cmd("XADD")
+                .arg(&key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(max_len.max(1))
+                .arg("*")
+                .arg("e")
+                .arg(encode(event));
+        }
+        let ids: Vec<String> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+        ids.iter()
+            .map(|id| {
+                id.parse().map_err(|reason| StoreError::Corrupt {
+                    path: "audit".into(),
+                    reason,
+                })
+            })
+            .collect()
+    }
+
+    async fn audit_newest(
+        &self,
+        tenant: &str,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut conn = self.conn().await?;
+        let reply: Value = redis::cmd("XREVRANGE")
+            .arg(tenant_key(tenant, "audit"))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(limit.max(1))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        stream_entries(reply)
+    }
+
+    async fn audit_follower(&self, tenant: &str) -> Result<Box<dyn AuditFollower>, StoreError> {
+        Ok(Box::new(RedisFollower {
+            conn: self.follow_conn().await?,
+            key: tenant_key(tenant, "audit"),
+        }))
     }
 }

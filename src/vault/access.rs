@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{SecretValue, Vault, VaultError, PAGE};
+use crate::audit::EventKind;
 use crate::identity::{Caller, WorkloadIdentity, DEFAULT_ID_PATTERN};
 use crate::model::{
     ApprovalRecord, ApprovalStatus, Grant, SecretPath, SecretRecord, Tier, TokenRecord,
@@ -142,7 +143,7 @@ impl Vault {
                 reasons: vec![why.to_owned()],
             })
         };
-        match self
+        let checked = match self
             .store
             .use_token(&self.workload.tenant, &token_hash(bearer), Utc::now())
             .await?
@@ -166,6 +167,10 @@ impl Vault {
                     )),
                 })
             }
+        };
+        match checked {
+            Err(e) => Err(self.audit_refusal(caller, None, None, e).await),
+            ok => ok,
         }
     }
 
@@ -209,7 +214,10 @@ impl Vault {
             resource,
             token: access.token.clone(),
         };
-        self.policy.decide(&input).map_err(|e| {
+        let started = std::time::Instant::now();
+        let decided = self.policy.decide(&input);
+        self.audit.telemetry().policy_evaluated(started.elapsed());
+        decided.map_err(|e| {
             tracing::error!(error = %e, "policy evaluation failed; denying");
             VaultError::Unavailable(format!("policy evaluation failed: {e}"))
         })
@@ -234,17 +242,21 @@ impl Vault {
     ) -> Result<(), VaultError> {
         let grants = self.grants_for(&resource).await?;
         let path = resource.path.clone();
+        let tier = resource.tier;
         let decision = self.decide_with(access, action, resource, &grants)?;
         if decision.allow {
-            return Ok(());
+            return self.audit_gate(access.caller, action, &path, tier).await;
         }
         tracing::info!(
             caller = %access.caller.spiffe_id, action = %action, path = %path,
             reasons = ?decision.reasons, "denied"
         );
-        Err(VaultError::Denied {
+        let denied = VaultError::Denied {
             reasons: decision.reasons,
-        })
+        };
+        Err(self
+            .audit_refusal(access.caller, Some(action), Some(&path), denied)
+            .await)
     }
 
     /// Lets another agent of this tenant read a secret, or every secret under
@@ -279,6 +291,8 @@ impl Vault {
         };
         self.store.put_grant(&self.workload.tenant, &grant).await?;
         tracing::info!(caller = %caller.spiffe_id, grant_id = %grant.grant_id, grantee = %grant.agent_id, path, "grant created");
+        self.audit_done(caller, EventKind::GrantCreated, Action::Grant, path, None)
+            .await;
         Ok(grant)
     }
 
@@ -318,6 +332,8 @@ impl Vault {
         {
             return Err(VaultError::NotFound(format!("no grant `{grant_id}`")));
         }
+        self.audit_done(caller, EventKind::GrantRevoked, Action::Grant, &grant.path, None)
+            .await;
         Ok(())
     }
 
@@ -422,6 +438,9 @@ impl Vault {
         tracing::info!(
             caller = %caller.spiffe_id, scope = %req.scope, approval = approval_status.as_str(), "token issued"
         );
+        let mut event = self.event(EventKind::TokenIssued, caller, Action::Token, &req.scope);
+        event.reasons = vec![format!("approval {}", approval_status.as_str())];
+        self.audit_all(vec![event]).await;
         Ok(TokenIssued {
             token: SecretValue::new(token),
             scope: req.scope,
@@ -498,9 +517,13 @@ impl Vault {
             .find(|a| a.approval_id == approval_id)
             .ok_or_else(|| VaultError::NotFound(format!("no approval `{approval_id}`")))?;
         if approval.requested_by == caller.spiffe_id {
-            return Err(VaultError::Denied {
+            let own = VaultError::Denied {
                 reasons: vec!["nobody may decide their own request".into()],
-            });
+            };
+            let path = format!("approvals/{approval_id}");
+            return Err(self
+                .audit_refusal(caller, Some(Action::Approve), Some(&path), own)
+                .await);
         }
         if approval.status != ApprovalStatus::Pending {
             return Err(VaultError::AlreadyDecided(format!(
@@ -527,6 +550,10 @@ impl Vault {
         tracing::info!(
             caller = %caller.spiffe_id, approval_id, status = approval.status.as_str(), "approval decided"
         );
+        let path = format!("approvals/{approval_id}");
+        let mut event = self.event(EventKind::Approval, caller, Action::Approve, &path);
+        event.reasons = vec![approval.status.as_str().to_owned()];
+        self.audit_all(vec![event]).await;
         Ok(approval.into())
     }
 }

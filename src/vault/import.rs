@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::access::resource;
 use super::{parse_path, PutRequest, SecretValue, Vault, VaultError};
+use crate::audit::EventKind;
 use crate::dotenv;
 use crate::identity::Caller;
 use crate::model::{SecretPath, Tier};
@@ -178,6 +179,15 @@ impl Vault {
             caller = %caller, namespace = %namespace, created = report.created, updated = report.updated,
             skipped = report.skipped, dry_run = report.dry_run, "dotenv imported"
         );
+        if !report.dry_run {
+            let events = report
+                .secrets
+                .iter()
+                .filter(|s| s.action != ImportAction::Skipped)
+                .map(|s| self.event(EventKind::Imported, caller, Action::Write, &s.path))
+                .collect();
+            self.audit_all(events).await;
+        }
         Ok(report)
     }
 }

@@ -12,6 +12,7 @@ use super::{
     check_not_expired, not_found, parse_path, Metadata, PutRequest, SecretValue, Vault, VaultError,
     Written, PAGE,
 };
+use crate::audit::EventKind;
 use crate::identity::Caller;
 use crate::model::{SecretPath, SecretType, Tier};
 use crate::policy::{Action, Resource};
@@ -98,6 +99,8 @@ impl Vault {
             .store
             .versions(&self.workload.tenant, path.as_str())
             .await?;
+        self.audit_done(caller, EventKind::Accessed, Action::Read, path.as_str(), None)
+            .await;
         Ok(versions
             .into_iter()
             .map(|v| VersionInfo {
@@ -151,6 +154,9 @@ impl Vault {
         })
         .await?;
         tracing::debug!(caller = %caller, path = %path, version, "secret rolled back");
+        let path_str = path.as_str();
+        self.audit_done(caller, EventKind::RolledBack, Action::Write, path_str, Some(version))
+            .await;
         Ok(Written {
             path: path.to_string(),
             version,
@@ -209,6 +215,9 @@ impl Vault {
             })
             .await?;
         tracing::debug!(caller = %caller, path = %path, version = rotated.new_version, "secret rotated");
+        let version = Some(rotated.new_version);
+        self.audit_done(caller, EventKind::Rotated, Action::Rotate, path.as_str(), version)
+            .await;
         Ok(rotated)
     }
 
@@ -264,6 +273,8 @@ impl Vault {
             })
             .await?;
         tracing::debug!(caller = %caller, path = %path, "secret metadata updated");
+        self.audit_done(caller, EventKind::Updated, Action::Write, path.as_str(), None)
+            .await;
         Ok(Metadata::of(&record, record.active_version))
     }
 

@@ -3,10 +3,12 @@
 //! every front end (the Unix-socket API today, Envoy ext_authz/SDS next) shares it.
 
 mod access;
+mod audit;
 mod import;
 mod lifecycle;
 
 pub use self::access::{AccessSettings, ApprovalView, TokenIssued, TokenRequest};
+pub use self::audit::{AuditFollow, DEFAULT_AUDIT_LIMIT};
 pub use self::import::{ImportAction, ImportReport, ImportRequest, ImportedSecret};
 pub use self::lifecycle::{ExpiryWarning, MetadataUpdate, Rotated, VersionInfo};
 
@@ -23,6 +25,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zeroize::Zeroizing;
 
 use self::access::{resource, Access};
+use crate::audit::{Auditor, EventKind};
 use crate::crypto::{Binding, CryptoError, TenantCipher};
 use crate::identity::{Caller, WorkloadIdentity};
 use crate::model::{
@@ -334,6 +337,8 @@ pub struct Vault {
     limits: Limits,
     policy: Arc<PolicyEngine>,
     access: AccessSettings,
+    /// Where every access, change and denial is recorded (see `audit.rs`).
+    audit: Auditor,
 }
 
 fn parse_path(path: &str) -> Result<SecretPath, VaultError> {
@@ -348,6 +353,7 @@ impl Vault {
         limits: Limits,
         policy: Arc<PolicyEngine>,
         access: AccessSettings,
+        audit: Auditor,
     ) -> Self {
         Self {
             store,
@@ -356,6 +362,7 @@ impl Vault {
             limits,
             policy,
             access,
+            audit,
         }
     }
 
@@ -403,7 +410,10 @@ impl Vault {
                     resource(current.as_ref(), path.as_str()),
                 )
                 .await?;
-                check_scope(caller, req.scope.as_deref())?;
+                if let Err(e) = check_scope(caller, req.scope.as_deref()) {
+                    let path = Some(path.as_str());
+                    return Err(self.audit_refusal(caller, Some(Action::Write), path, e).await);
+                }
                 let active = current.as_ref().map_or(0, |r| r.active_version);
                 if let Some(expected) = req.cas.filter(|cas| *cas != active) {
                     return Err(VaultError::Conflict {
@@ -417,6 +427,14 @@ impl Vault {
             })
             .await?;
         tracing::debug!(caller = %caller, path = %path, version = written, "secret written");
+        self.audit_done(
+            caller,
+            EventKind::Written,
+            Action::Write,
+            path.as_str(),
+            Some(written),
+        )
+        .await;
         Ok(Written {
             path: path.to_string(),
             version: written,
@@ -687,6 +705,8 @@ impl Vault {
             source: CryptoError::Integrity,
         })?;
         tracing::debug!(caller = %access.caller, path = %path, version = found.version, "secret read");
+        self.audit_read(access.caller, path.as_str(), Some(found.version), record.tier)
+            .await?;
         Ok(Secret {
             metadata: Metadata::of(&record, found.version),
             value: SecretValue::new(value),
@@ -704,6 +724,10 @@ impl Vault {
             resource(record.as_ref(), path.as_str()),
         )
         .await?;
+        if record.is_some() {
+            self.audit_done(caller, EventKind::Accessed, Action::Read, path.as_str(), None)
+                .await;
+        }
         Ok(record.is_some())
     }
 
@@ -722,6 +746,8 @@ impl Vault {
             return Err(not_found(&path));
         }
         tracing::debug!(caller = %caller, path = %path, "secret deleted");
+        self.audit_done(caller, EventKind::Deleted, Action::Delete, path.as_str(), None)
+            .await;
         Ok(())
     }
 
@@ -773,6 +799,8 @@ impl Vault {
                 items.push(Metadata::of(record, record.active_version));
             }
         }
+        self.audit_done(caller, EventKind::Listed, Action::List, prefix, None)
+            .await;
         Ok(Page { items, next_cursor })
     }
 

@@ -14,7 +14,7 @@ use tempfile::TempDir;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_agentvault");
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -140,9 +140,11 @@ impl Sidecar {
             socket.display().to_string(),
             "--data-dir".into(),
             dir.join("data").display().to_string(),
-            "--metrics-addr".into(),
-            "off".into(),
         ];
+        // Metrics stay off unless the test asks for an address.
+        if !extra.contains(&"--metrics-addr") {
+            args.extend(["--metrics-addr".into(), "off".into()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut sidecar = Self {
             child: None,

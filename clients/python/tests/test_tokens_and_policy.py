@@ -1,8 +1,7 @@
 """Tokens (201 / 202), 401 and 403, written against the contract.
 
-Every test here takes the `needs_tokens` fixture, which skips it only while
-the live sidecar answers `POST /v1/tokens` with 404 "no route"; as soon as the
-sidecar serves tokens these run.
+Every test here takes the `needs_tokens` fixture, which fails it plainly if
+the sidecar does not serve `POST /v1/tokens`.
 """
 
 from __future__ import annotations
