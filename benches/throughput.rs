@@ -149,6 +149,9 @@ fn main() {
                 "off",
                 "--redis-url",
                 &url,
+                // One caller drives the load: measure serving, not the limiter.
+                "--rate-limit",
+                "0",
                 "--socket",
             ])
             .arg(&socket)

@@ -20,8 +20,8 @@ use serde_json::json;
 use crate::audit::AuditEntry;
 use crate::identity::{Caller, Peer};
 use crate::metrics::Metrics;
-use crate::ratelimit::{RateLimiter, RateSettings};
 use crate::model::ApprovalStatus;
+use crate::ratelimit::{RateLimiter, RateSettings};
 use crate::vault::{
     current_vault, ErrorCode, ImportRequest, MetadataUpdate, PutRequest, SecretValue, TokenRequest,
     Vault, VaultError, VaultWatch,

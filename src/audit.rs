@@ -488,7 +488,11 @@ impl Auditor {
                 buffer.drain(..n);
                 buffer.len()
             };
-            tracing::info!(stored = batch.len(), waiting, "buffered audit events stored");
+            tracing::info!(
+                stored = batch.len(),
+                waiting,
+                "buffered audit events stored"
+            );
             self.inner.telemetry.audit_buffered(waiting);
         }
     }

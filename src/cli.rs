@@ -552,8 +552,17 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
 
 /// Prints the newest events, then with `follow` streams new ones after them.
 async fn audit(client: &Client, limit: usize, follow: bool, json: bool) -> Result<(), CliError> {
-    let reply = call(client, Method::GET, &format!("/v1/audit?limit={limit}"), None).await?;
-    let mut items = reply.json()["items"].as_array().cloned().unwrap_or_default();
+    let reply = call(
+        client,
+        Method::GET,
+        &format!("/v1/audit?limit={limit}"),
+        None,
+    )
+    .await?;
+    let mut items = reply.json()["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     items.reverse();
     for item in &items {
         print_audit_event(item, json);
@@ -596,7 +605,14 @@ fn print_audit_event(item: &Value, json: bool) {
         item.to_string()
     } else {
         let fields = [
-            "ts", "event", "spiffe_id", "action", "path", "version", "outcome", "request_id",
+            "ts",
+            "event",
+            "spiffe_id",
+            "action",
+            "path",
+            "version",
+            "outcome",
+            "request_id",
         ];
         let mut line = fields
             .iter()

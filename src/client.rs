@@ -158,7 +158,10 @@ impl Streaming {
 
 /// Where the first message ends: (end of its text, end of its blank line).
 fn find_blank_line(buf: &[u8]) -> Option<(usize, usize)> {
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, i + 2));
+    let lf = buf
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map(|i| (i, i + 2));
     let crlf = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -271,7 +274,9 @@ impl Client {
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        let response = sender.send_request(builder.body(Full::new(Bytes::new()))?).await?;
+        let response = sender
+            .send_request(builder.body(Full::new(Bytes::new()))?)
+            .await?;
         Ok(Streaming {
             status: response.status().as_u16(),
             headers: response.headers().clone(),

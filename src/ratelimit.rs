@@ -70,7 +70,10 @@ mod tests {
             assert!(limiter.check("a").is_ok());
         }
         let wait = limiter.check("a").expect_err("a is over its burst");
-        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
         assert!(limiter.check("b").is_ok(), "b is not limited by a");
     }
 

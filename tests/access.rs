@@ -470,9 +470,24 @@ async fn a_prefix_token_reaches_only_its_minters_secrets_up_to_its_tier() {
     let (ca, cb) = (a.client(), b.client());
     let token = mint_ok(&ca, "secrets:read:team/*", 60, None).await;
 
-    put(&ca, "team/std", json!({"value": "std-1", "tier": "standard"})).await;
-    put(&ca, "team/sens", json!({"value": "sens-1", "tier": "sensitive"})).await;
-    put(&ca, "team/crit", json!({"value": "crit-1", "tier": "critical"})).await;
+    put(
+        &ca,
+        "team/std",
+        json!({"value": "std-1", "tier": "standard"}),
+    )
+    .await;
+    put(
+        &ca,
+        "team/sens",
+        json!({"value": "sens-1", "tier": "sensitive"}),
+    )
+    .await;
+    put(
+        &ca,
+        "team/crit",
+        json!({"value": "crit-1", "tier": "critical"}),
+    )
+    .await;
     put(&cb, "team/theirs", json!({"value": "theirs-1"})).await;
 
     let bearer = b.client().with_token(&token);

@@ -561,7 +561,11 @@ async fn a_caller_over_its_rate_is_told_when_to_retry() {
         .parse()
         .expect("Retry-After in seconds");
     assert!((1..=2).contains(&retry_after), "{retry_after}");
-    assert_eq!(get(&c, "/v1/health").await.status, 200, "health is not limited");
+    assert_eq!(
+        get(&c, "/v1/health").await.status,
+        200,
+        "health is not limited"
+    );
     tokio::time::sleep(Duration::from_secs(retry_after)).await;
     let listed = get(&c, "/v1/secrets?prefix=burst").await;
     assert_eq!(listed.status, 200, "{:?}", listed.json());

@@ -752,6 +752,35 @@ async fn the_agent_level_caller_provisions_role_scoped_secrets_but_cannot_read_t
     let overwrite = put(&c, "research/own", json!({"value": "r-2"})).await;
     assert_eq!(overwrite.status, 200, "{:?}", overwrite.json());
 
+    // Root may not move the researcher's secret to a role whose reads it could
+    // make: the old versions would go along.
+    for (method, body) in [
+        (Method::PUT, json!({"value": "prov-3", "scope": "writer"})),
+        (Method::PATCH, json!({"scope": "writer"})),
+    ] {
+        let moved = c
+            .request(
+                method.clone(),
+                "/v1/secrets/research/api",
+                Some(body.to_string().into_bytes()),
+            )
+            .await
+            .unwrap();
+        assert_denied(
+            &moved,
+            "only role researcher may change this secret's scope",
+        );
+    }
+    let writer_read = as_uid(
+        WRITER,
+        &socket,
+        Method::GET,
+        "/v1/secrets/research/api?version=1",
+        None,
+    )
+    .await;
+    assert_denied(&writer_read, "scoped to role researcher");
+
     // And root deletes it.
     let deleted = c
         .request(Method::DELETE, "/v1/secrets/research/api", None)

@@ -6,11 +6,11 @@ mod support;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use agentvault::audit::{AuditEntry, AuditEvent, AuditId, EventKind};
 use agentvault::crypto::Sealed;
+use agentvault::identity::{Caller, Peer, PeerCred, RoleMap, WorkloadIdentity};
 use agentvault::model::{SecretRecord, SecretType, Tier, VersionRecord};
 use agentvault::store::{Commit, EmbeddedStore, RedisStore, RedisTarget, Store, StoreError};
-use agentvault::audit::{AuditEntry, AuditEvent, AuditId, EventKind};
-use agentvault::identity::{Caller, Peer, PeerCred, RoleMap, WorkloadIdentity};
 use chrono::Utc;
 use std::time::{Duration, Instant};
 
@@ -369,10 +369,7 @@ async fn audit_followers_wait_for_new_events_and_resume(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(paths(&from_start), ["a", "b"]);
-    let resumed = follower
-        .after(ids[0], 10, Duration::ZERO)
-        .await
-        .unwrap();
+    let resumed = follower.after(ids[0], 10, Duration::ZERO).await.unwrap();
     assert_eq!(paths(&resumed), ["b"], "resumes after the id given");
 
     let started = Instant::now();
@@ -402,7 +399,13 @@ async fn audit_followers_wait_for_new_events_and_resume(store: Arc<dyn Store>) {
         "woken by the append"
     );
     assert_eq!(woke[0].id, append.await.unwrap()[0]);
-    let other = store.audit_follower("other").await.unwrap().after(AuditId::START, 10, Duration::ZERO).await.unwrap();
+    let other = store
+        .audit_follower("other")
+        .await
+        .unwrap()
+        .after(AuditId::START, 10, Duration::ZERO)
+        .await
+        .unwrap();
     assert!(other.is_empty(), "a follower sees only its tenant");
 }
 

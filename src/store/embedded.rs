@@ -597,8 +597,8 @@ impl Store for EmbeddedStore {
                     ids.push(id);
                     last = id;
                 }
-                let mut len = lens.get(t).map_err(unavailable)?.map_or(0, |l| l.value())
-                    + raw.len() as u64;
+                let mut len =
+                    lens.get(t).map_err(unavailable)?.map_or(0, |l| l.value()) + raw.len() as u64;
                 // Trimmed in steps, like Redis's `MAXLEN ~`.
                 if len > max_len + max_len / 10 {
                     let excess = len - max_len;

@@ -332,8 +332,14 @@ impl Vault {
         {
             return Err(VaultError::NotFound(format!("no grant `{grant_id}`")));
         }
-        self.audit_done(caller, EventKind::GrantRevoked, Action::Grant, &grant.path, None)
-            .await;
+        self.audit_done(
+            caller,
+            EventKind::GrantRevoked,
+            Action::Grant,
+            &grant.path,
+            None,
+        )
+        .await;
         Ok(())
     }
 

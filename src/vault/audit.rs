@@ -30,7 +30,13 @@ fn changes_state(action: Action) -> bool {
 }
 
 impl Vault {
-    pub(super) fn event(&self, kind: EventKind, caller: &Caller, action: Action, path: &str) -> AuditEvent {
+    pub(super) fn event(
+        &self,
+        kind: EventKind,
+        caller: &Caller,
+        action: Action,
+        path: &str,
+    ) -> AuditEvent {
         AuditEvent::new(kind, caller)
             .action(action.as_str())
             .path(path)

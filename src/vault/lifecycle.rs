@@ -9,8 +9,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::access::resource;
 use super::{
-    check_not_expired, not_found, parse_path, Metadata, PutRequest, SecretValue, Vault, VaultError,
-    Written, PAGE,
+    check_not_expired, check_scope, not_found, parse_path, Metadata, PutRequest, SecretValue,
+    Vault, VaultError, Written, PAGE,
 };
 use crate::audit::EventKind;
 use crate::identity::Caller;
@@ -99,8 +99,14 @@ impl Vault {
             .store
             .versions(&self.workload.tenant, path.as_str())
             .await?;
-        self.audit_done(caller, EventKind::Accessed, Action::Read, path.as_str(), None)
-            .await;
+        self.audit_done(
+            caller,
+            EventKind::Accessed,
+            Action::Read,
+            path.as_str(),
+            None,
+        )
+        .await;
         Ok(versions
             .into_iter()
             .map(|v| VersionInfo {
@@ -155,8 +161,14 @@ impl Vault {
         .await?;
         tracing::debug!(caller = %caller, path = %path, version, "secret rolled back");
         let path_str = path.as_str();
-        self.audit_done(caller, EventKind::RolledBack, Action::Write, path_str, Some(version))
-            .await;
+        self.audit_done(
+            caller,
+            EventKind::RolledBack,
+            Action::Write,
+            path_str,
+            Some(version),
+        )
+        .await;
         Ok(Written {
             path: path.to_string(),
             version,
@@ -216,8 +228,14 @@ impl Vault {
             .await?;
         tracing::debug!(caller = %caller, path = %path, version = rotated.new_version, "secret rotated");
         let version = Some(rotated.new_version);
-        self.audit_done(caller, EventKind::Rotated, Action::Rotate, path.as_str(), version)
-            .await;
+        self.audit_done(
+            caller,
+            EventKind::Rotated,
+            Action::Rotate,
+            path.as_str(),
+            version,
+        )
+        .await;
         Ok(rotated)
     }
 
@@ -243,6 +261,14 @@ impl Vault {
                 let mut record = self.record(&path).await?.ok_or_else(|| not_found(&path))?;
                 self.authorize(&access, Action::Write, Resource::of(&record))
                     .await?;
+                if let Err(e) =
+                    check_scope(caller, record.scope.as_deref(), update.scope.as_deref())
+                {
+                    let path = Some(path.as_str());
+                    return Err(self
+                        .audit_refusal(caller, Some(Action::Write), path, e)
+                        .await);
+                }
                 if let Some(t) = update.secret_type {
                     record.secret_type = t;
                 }
@@ -273,8 +299,14 @@ impl Vault {
             })
             .await?;
         tracing::debug!(caller = %caller, path = %path, "secret metadata updated");
-        self.audit_done(caller, EventKind::Updated, Action::Write, path.as_str(), None)
-            .await;
+        self.audit_done(
+            caller,
+            EventKind::Updated,
+            Action::Write,
+            path.as_str(),
+            None,
+        )
+        .await;
         Ok(Metadata::of(&record, record.active_version))
     }
 

@@ -410,9 +410,12 @@ impl Vault {
                     resource(current.as_ref(), path.as_str()),
                 )
                 .await?;
-                if let Err(e) = check_scope(caller, req.scope.as_deref()) {
+                let current_scope = current.as_ref().and_then(|r| r.scope.as_deref());
+                if let Err(e) = check_scope(caller, current_scope, req.scope.as_deref()) {
                     let path = Some(path.as_str());
-                    return Err(self.audit_refusal(caller, Some(Action::Write), path, e).await);
+                    return Err(self
+                        .audit_refusal(caller, Some(Action::Write), path, e)
+                        .await);
                 }
                 let active = current.as_ref().map_or(0, |r| r.active_version);
                 if let Some(expected) = req.cas.filter(|cas| *cas != active) {
@@ -705,8 +708,13 @@ impl Vault {
             source: CryptoError::Integrity,
         })?;
         tracing::debug!(caller = %access.caller, path = %path, version = found.version, "secret read");
-        self.audit_read(access.caller, path.as_str(), Some(found.version), record.tier)
-            .await?;
+        self.audit_read(
+            access.caller,
+            path.as_str(),
+            Some(found.version),
+            record.tier,
+        )
+        .await?;
         Ok(Secret {
             metadata: Metadata::of(&record, found.version),
             value: SecretValue::new(value),
@@ -725,8 +733,14 @@ impl Vault {
         )
         .await?;
         if record.is_some() {
-            self.audit_done(caller, EventKind::Accessed, Action::Read, path.as_str(), None)
-                .await;
+            self.audit_done(
+                caller,
+                EventKind::Accessed,
+                Action::Read,
+                path.as_str(),
+                None,
+            )
+            .await;
         }
         Ok(record.is_some())
     }
@@ -746,8 +760,14 @@ impl Vault {
             return Err(not_found(&path));
         }
         tracing::debug!(caller = %caller, path = %path, "secret deleted");
-        self.audit_done(caller, EventKind::Deleted, Action::Delete, path.as_str(), None)
-            .await;
+        self.audit_done(
+            caller,
+            EventKind::Deleted,
+            Action::Delete,
+            path.as_str(),
+            None,
+        )
+        .await;
         Ok(())
     }
 
@@ -861,13 +881,25 @@ fn check_not_expired(
 
 /// A role may scope a secret only to itself; the agent-level caller, which
 /// provisions for its roles, may scope to any role.
-fn check_scope(caller: &Caller, scope: Option<&str>) -> Result<(), VaultError> {
-    match (caller.role.as_deref(), scope) {
-        (Some(role), Some(scope)) if role != scope => Err(VaultError::Denied {
-            reasons: vec![format!(
-                "role {role} may not scope a secret to role {scope}"
-            )],
-        }),
+/// Only the role a secret is scoped to may move it to another scope, since its
+/// older versions, readable by number, would go along.
+fn check_scope(
+    caller: &Caller,
+    current: Option<&str>,
+    requested: Option<&str>,
+) -> Result<(), VaultError> {
+    let deny = |reason: String| {
+        Err(VaultError::Denied {
+            reasons: vec![reason],
+        })
+    };
+    match (caller.role.as_deref(), current, requested) {
+        (Some(role), _, Some(scope)) if role != scope => deny(format!(
+            "role {role} may not scope a secret to role {scope}"
+        )),
+        (role, Some(current), Some(scope)) if scope != current && role != Some(current) => deny(
+            format!("only role {current} may change this secret's scope"),
+        ),
         _ => Ok(()),
     }
 }
