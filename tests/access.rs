@@ -7,15 +7,16 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 use agentvault::client::{Client, Reply};
 use hyper::Method;
 use serde_json::{json, Value};
-use support::{assert_error, get, put, put_value, send, RedisServer, Sidecar, BIN};
+use support::peers::{as_uid, assert_root, cli_as};
+use support::{assert_denied, assert_error, get, put, put_value, send, RedisServer, Sidecar, BIN};
 use tempfile::TempDir;
 
 const TD: &str = "dev.local";
@@ -23,15 +24,6 @@ const RESEARCHER: u32 = 1001;
 const APPROVER: u32 = 1003;
 
 // ---- harness -----------------------------------------------------------------
-
-fn assert_root() {
-    let euid = std::fs::metadata("/proc/self").expect("/proc/self").uid();
-    assert_eq!(
-        euid, 0,
-        "this test runs client processes under other uids (1001, 1003) to exercise SO_PEERCRED \
-         roles, which needs root: run the tests as root (CI does)"
-    );
-}
 
 fn agent_id(tenant: &str, agent: &str) -> String {
     format!("spiffe://{TD}/agent/{tenant}/{agent}")
@@ -85,24 +77,6 @@ impl Shared {
         args.extend_from_slice(extra);
         Sidecar::dev(&dir, &args)
     }
-}
-
-fn reasons(reply: &Reply) -> Vec<String> {
-    reply.json()["error"]["reasons"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no reasons in {:?}", reply.json()))
-        .iter()
-        .map(|r| r.as_str().expect("reason").to_owned())
-        .collect()
-}
-
-fn assert_denied(reply: &Reply, reason: &str) {
-    assert_error(reply, 403, "policy_denied");
-    let reasons = reasons(reply);
-    assert!(
-        reasons.iter().any(|r| r.contains(reason)),
-        "expected a reason containing {reason:?}: {reasons:?}"
-    );
 }
 
 fn assert_invalid(reply: &Reply, field: &str) {
@@ -173,87 +147,6 @@ fn list_paths(reply: &Reply) -> Vec<String> {
 }
 
 // ---- requests from processes of other uids -----------------------------------
-
-const PEER_REQUEST: &str = "AGENTVAULT_TEST_PEER_REQUEST";
-const PEER_REPLY: &str = "AGENTVAULT_TEST_PEER_REPLY:";
-
-/// Not a test of its own: the body of the child process [`as_uid`] starts
-/// (this test binary again, under another uid) to send one request over the
-/// socket and print the reply. Without the variable it does nothing.
-#[test]
-fn peer_request() {
-    let Ok(spec) = std::env::var(PEER_REQUEST) else {
-        return;
-    };
-    let spec: Value = serde_json::from_str(&spec).expect("request spec");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let reply = runtime.block_on(async {
-        let client = Client::new(spec["socket"].as_str().expect("socket"));
-        let method = Method::from_bytes(spec["method"].as_str().expect("method").as_bytes())
-            .expect("method");
-        let body = spec["body"].as_str().map(|b| b.as_bytes().to_vec());
-        client
-            .request(method, spec["uri"].as_str().expect("uri"), body)
-            .await
-            .expect("request")
-    });
-    println!(
-        "\n{PEER_REPLY}{}",
-        json!({"status": reply.status, "body": String::from_utf8_lossy(&reply.body)})
-    );
-}
-
-/// Sends one request from a process running as `uid` (gid 0, so the root
-/// socket of mode 0660 is reachable), so the sidecar sees that uid through
-/// `SO_PEERCRED`.
-async fn as_uid(uid: u32, socket: &Path, method: Method, uri: &str, body: Option<Value>) -> Reply {
-    let spec = json!({
-        "socket": socket, "method": method.as_str(), "uri": uri,
-        "body": body.map(|b| b.to_string()),
-    });
-    let out = tokio::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "peer_request", "--nocapture", "--test-threads=1"])
-        .env(PEER_REQUEST, spec.to_string())
-        .uid(uid)
-        .gid(0)
-        .output()
-        .await
-        .expect("run the peer process");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .find_map(|l| l.split_once(PEER_REPLY).map(|(_, reply)| reply))
-        .unwrap_or_else(|| {
-            panic!(
-                "the peer process (uid {uid}) printed no reply: {out:?}\n{stdout}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-    let reply: Value = serde_json::from_str(line).expect("peer reply");
-    Reply {
-        status: reply["status"].as_u64().expect("status") as u16,
-        headers: Default::default(),
-        body: reply["body"].as_str().unwrap_or_default().to_owned().into(),
-    }
-}
-
-/// Runs the `agentvault` CLI against `socket`, as `uid` (gid 0) when given.
-async fn cli(uid: Option<u32>, socket: &Path, args: &[&str]) -> std::process::Output {
-    let mut cmd = tokio::process::Command::new(BIN);
-    cmd.arg("--socket")
-        .arg(socket)
-        .args(args)
-        .env_remove("AGENTVAULT_TOKEN")
-        .env_remove("AGENTVAULT_SOCKET")
-        .stdin(Stdio::null());
-    if let Some(uid) = uid {
-        cmd.uid(uid).gid(0);
-    }
-    cmd.output().await.expect("run the agentvault CLI")
-}
 
 // ---- grants ------------------------------------------------------------------
 
@@ -793,7 +686,7 @@ async fn approvals_from_the_command_line() {
     )
     .await;
 
-    let out = cli(
+    let out = cli_as(
         None,
         &a.socket,
         &[
@@ -818,10 +711,10 @@ async fn approvals_from_the_command_line() {
         .unwrap_or_else(|| panic!("no approval id on stderr: {stderr:?}"));
 
     let get_with_token = ["--token", token.as_str(), "get", "vault/root"];
-    let out = cli(None, &b.socket, &get_with_token).await;
+    let out = cli_as(None, &b.socket, &get_with_token).await;
     assert_eq!(out.status.code(), Some(4), "pending: {out:?}");
 
-    let out = cli(None, &a.socket, &["approvals"]).await;
+    let out = cli_as(None, &a.socket, &["approvals"]).await;
     assert!(out.status.success(), "{out:?}");
     let listing = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
@@ -831,19 +724,19 @@ async fn approvals_from_the_command_line() {
         "{listing:?}"
     );
 
-    let out = cli(None, &a.socket, &["approvals", "approve", &id]).await;
+    let out = cli_as(None, &a.socket, &["approvals", "approve", &id]).await;
     assert_eq!(out.status.code(), Some(4), "the requester may not: {out:?}");
-    let out = cli(Some(APPROVER), &a.socket, &["approvals", "approve", &id]).await;
+    let out = cli_as(Some(APPROVER), &a.socket, &["approvals", "approve", &id]).await;
     assert!(out.status.success(), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("approved"),
         "{out:?}"
     );
 
-    let out = cli(None, &b.socket, &get_with_token).await;
+    let out = cli_as(None, &b.socket, &get_with_token).await;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "crit-secret-2\n");
-    let out = cli(Some(APPROVER), &a.socket, &["approvals", "approve", &id]).await;
+    let out = cli_as(Some(APPROVER), &a.socket, &["approvals", "approve", &id]).await;
     assert_eq!(out.status.code(), Some(6), "already decided: {out:?}");
     for sidecar in [&a, &b] {
         assert!(!sidecar.logs().contains(&token));

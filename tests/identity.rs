@@ -8,16 +8,18 @@ mod support;
 #[path = "support/workload_api.rs"]
 mod workload_api;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentvault::client::{Client, Reply};
+use agentvault::client::Client;
 use hyper::Method;
-use serde_json::{json, Value};
-use support::{assert_error, get, put, put_value, RedisServer, Sidecar, BIN};
+use serde_json::json;
+use support::peers::{as_uid, assert_root, cli_as, shared_dir};
+use support::{
+    assert_denied, assert_error, free_port, get, put, put_value, reasons, RedisServer, Sidecar, BIN,
+};
 use tempfile::TempDir;
 use workload_api::{TestCa, WorkloadApi};
 
@@ -28,30 +30,6 @@ const WRITER: u32 = 1002;
 const APPROVER: u32 = 1003;
 
 // ---- harness -----------------------------------------------------------------
-
-/// A temp dir that processes of other uids may traverse (tempfile makes 0700
-/// dirs), so that they can reach a socket inside it.
-fn shared_dir() -> TempDir {
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    dir
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn assert_root() {
-    let euid = std::fs::metadata("/proc/self").expect("/proc/self").uid();
-    assert_eq!(
-        euid, 0,
-        "this test runs client processes under other uids (1001-1003) to exercise SO_PEERCRED \
-         roles, which needs root: run the tests as root (CI does)"
-    );
-}
 
 fn keygen(file: &Path) {
     let out = Command::new(BIN)
@@ -198,111 +176,6 @@ const SVID_EXPIRY: &str = "agentvault_svid_expiry_timestamp_seconds";
 
 // ---- requests from processes of other uids -----------------------------------
 
-const PEER_REQUEST: &str = "AGENTVAULT_TEST_PEER_REQUEST";
-const PEER_REPLY: &str = "AGENTVAULT_TEST_PEER_REPLY:";
-
-/// Not a test of its own: the body of the child process [`as_uid`] starts
-/// (this test binary again, under another uid) to send one request over the
-/// socket and print the reply. Without the variable it does nothing.
-#[test]
-fn peer_request() {
-    let Ok(spec) = std::env::var(PEER_REQUEST) else {
-        return;
-    };
-    let spec: Value = serde_json::from_str(&spec).expect("request spec");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let reply = runtime.block_on(async {
-        let mut client = Client::new(spec["socket"].as_str().expect("socket"));
-        if let Some(token) = spec["token"].as_str() {
-            client = client.with_token(token);
-        }
-        let method = Method::from_bytes(spec["method"].as_str().expect("method").as_bytes())
-            .expect("method");
-        let body = spec["body"].as_str().map(|b| b.as_bytes().to_vec());
-        client
-            .request(method, spec["uri"].as_str().expect("uri"), body)
-            .await
-            .expect("request")
-    });
-    println!(
-        "\n{PEER_REPLY}{}",
-        json!({"status": reply.status, "body": String::from_utf8_lossy(&reply.body)})
-    );
-}
-
-/// Sends one request from a process running as `uid` (gid 0, so the root
-/// socket of mode 0660 is reachable), so the sidecar sees that uid through
-/// `SO_PEERCRED`.
-async fn as_uid(uid: u32, socket: &Path, method: Method, uri: &str, body: Option<Value>) -> Reply {
-    let spec = json!({
-        "socket": socket, "method": method.as_str(), "uri": uri,
-        "body": body.map(|b| b.to_string()),
-    });
-    let out = tokio::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "peer_request", "--nocapture", "--test-threads=1"])
-        .env(PEER_REQUEST, spec.to_string())
-        .uid(uid)
-        .gid(0)
-        .output()
-        .await
-        .expect("run the peer process");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .find_map(|l| l.split_once(PEER_REPLY).map(|(_, reply)| reply))
-        .unwrap_or_else(|| {
-            panic!(
-                "the peer process (uid {uid}) printed no reply: {out:?}\n{stdout}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-    let reply: Value = serde_json::from_str(line).expect("peer reply");
-    Reply {
-        status: reply["status"].as_u64().expect("status") as u16,
-        headers: Default::default(),
-        body: reply["body"].as_str().unwrap_or_default().to_owned().into(),
-    }
-}
-
-/// Runs the `agentvault` CLI as `uid` (gid 0) against `socket`.
-async fn cli_as(uid: u32, socket: &Path, args: &[&str]) -> std::process::Output {
-    tokio::process::Command::new(BIN)
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .env_remove("AGENTVAULT_TOKEN")
-        .env_remove("AGENTVAULT_SOCKET")
-        .uid(uid)
-        .gid(0)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("run the agentvault CLI")
-}
-
-fn reasons(reply: &Reply) -> Vec<String> {
-    reply.json()["error"]["reasons"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no reasons in {:?}", reply.json()))
-        .iter()
-        .map(|r| r.as_str().expect("reason").to_owned())
-        .collect()
-}
-
-fn assert_denied(reply: &Reply, reason: &str) {
-    assert_error(reply, 403, "policy_denied");
-    let reasons = reasons(reply);
-    assert!(
-        reasons.iter().any(|r| r.contains(reason)),
-        "expected a reason containing {reason:?}: {reasons:?}"
-    );
-}
-
-/// A dev sidecar whose local callers of uid 1001/1002/1003 are the roles
-/// researcher/writer/approver.
 fn role_sidecar(dir: &TempDir) -> Sidecar {
     Sidecar::dev(
         dir.path(),
@@ -572,7 +445,7 @@ async fn a_role_scoped_secret_is_readable_by_that_role_only() {
     let socket = sidecar.socket.clone();
 
     let out = cli_as(
-        RESEARCHER,
+        Some(RESEARCHER),
         &socket,
         &[
             "put",
@@ -585,7 +458,7 @@ async fn a_role_scoped_secret_is_readable_by_that_role_only() {
     .await;
     assert!(out.status.success(), "researcher put: {out:?}");
 
-    let out = cli_as(RESEARCHER, &socket, &["get", "research/notes"]).await;
+    let out = cli_as(Some(RESEARCHER), &socket, &["get", "research/notes"]).await;
     assert!(out.status.success(), "researcher get: {out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "n-secret-1\n");
     let mine = as_uid(
@@ -600,7 +473,7 @@ async fn a_role_scoped_secret_is_readable_by_that_role_only() {
     assert_eq!(mine.json()["scope"], "researcher");
 
     // The writer role: CLI exit 4, and over HTTP 403 with the reason.
-    let out = cli_as(WRITER, &socket, &["get", "research/notes"]).await;
+    let out = cli_as(Some(WRITER), &socket, &["get", "research/notes"]).await;
     assert_eq!(out.status.code(), Some(4), "writer get: {out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("policy_denied"),
@@ -631,7 +504,7 @@ async fn an_unscoped_secret_is_readable_by_every_role() {
     let socket = sidecar.socket.clone();
     put_value(&sidecar.client(), "team/shared", "everyone-1").await;
     for uid in [RESEARCHER, WRITER] {
-        let out = cli_as(uid, &socket, &["get", "team/shared"]).await;
+        let out = cli_as(Some(uid), &socket, &["get", "team/shared"]).await;
         assert!(out.status.success(), "uid {uid}: {out:?}");
         assert_eq!(String::from_utf8_lossy(&out.stdout), "everyone-1\n");
         let reply = as_uid(uid, &socket, Method::GET, "/v1/secrets/team/shared", None).await;
@@ -657,7 +530,7 @@ async fn a_role_may_not_scope_a_secret_to_another_role() {
     .await;
     assert_denied(&reply, "may not scope a secret to role researcher");
     let out = cli_as(
-        WRITER,
+        Some(WRITER),
         &socket,
         &["put", "writer/y", "w-2", "--scope", "researcher"],
     )

@@ -12,6 +12,8 @@ use hyper::Method;
 use serde_json::Value;
 use tempfile::TempDir;
 
+pub mod peers;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_agentvault");
 
 pub fn free_port() -> u16 {
@@ -304,6 +306,26 @@ pub fn assert_error(reply: &Reply, status: u16, code: &str) {
         Some(code),
         "body: {:?}",
         reply.json()
+    );
+}
+
+/// The `reasons` of a 403 body.
+pub fn reasons(reply: &Reply) -> Vec<String> {
+    reply.json()["error"]["reasons"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no reasons in {:?}", reply.json()))
+        .iter()
+        .map(|r| r.as_str().expect("reason").to_owned())
+        .collect()
+}
+
+/// A 403 `policy_denied` with a reason containing `reason`.
+pub fn assert_denied(reply: &Reply, reason: &str) {
+    assert_error(reply, 403, "policy_denied");
+    let reasons = reasons(reply);
+    assert!(
+        reasons.iter().any(|r| r.contains(reason)),
+        "expected a reason containing {reason:?}: {reasons:?}"
     );
 }
 
