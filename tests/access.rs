@@ -7,17 +7,15 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use agentvault::client::{Client, Reply};
 use hyper::Method;
 use serde_json::{json, Value};
 use support::peers::{as_uid, assert_root, cli_as};
-use support::{assert_denied, assert_error, get, put, put_value, send, RedisServer, Sidecar, BIN};
-use tempfile::TempDir;
+use support::{
+    assert_denied, assert_error, get, put, put_value, send, RedisServer, Shared, Sidecar,
+};
 
 const TD: &str = "dev.local";
 const RESEARCHER: u32 = 1001;
@@ -27,56 +25,6 @@ const APPROVER: u32 = 1003;
 
 fn agent_id(tenant: &str, agent: &str) -> String {
     format!("spiffe://{TD}/agent/{tenant}/{agent}")
-}
-
-/// One redis-server and one keyring (`agentvault keygen`) shared by every
-/// sidecar started from it, each in its own sub-directory.
-struct Shared {
-    redis: RedisServer,
-    keyring: PathBuf,
-    dir: TempDir,
-}
-
-impl Shared {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        // Processes of other uids must reach the sockets inside.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
-        let keyring = dir.path().join("keyring.json");
-        let out = Command::new(BIN)
-            .arg("keygen")
-            .arg(&keyring)
-            .output()
-            .expect("run agentvault keygen");
-        assert!(out.status.success(), "keygen: {out:?}");
-        Self {
-            redis: RedisServer::start(),
-            keyring,
-            dir,
-        }
-    }
-
-    /// A dev sidecar of `tenant`/`agent` on the shared Redis and keyring.
-    fn sidecar(&self, tenant: &str, agent: &str, extra: &[&str]) -> Sidecar {
-        let dir = self.dir.path().join(format!("{tenant}-{agent}"));
-        std::fs::create_dir(&dir).expect("sidecar dir");
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        let url = self.redis.url();
-        let keyring = self.keyring.display().to_string();
-        let mut args = vec![
-            "--redis-url",
-            &url,
-            "--keyring",
-            &keyring,
-            "--tenant",
-            tenant,
-            "--agent",
-            agent,
-        ];
-        args.extend_from_slice(extra);
-        Sidecar::dev(&dir, &args)
-    }
 }
 
 fn assert_invalid(reply: &Reply, field: &str) {

@@ -7,7 +7,6 @@
 mod support;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -16,43 +15,8 @@ use agentvault::client::{Client, Streaming};
 use hyper::Method;
 use serde_json::{json, Value};
 use support::*;
-use tempfile::TempDir;
 
 const DEV_AGENT: &str = "spiffe://dev.local/agent/dev/dev-agent";
-
-/// Two or more sidecars of tenant `dev` on one redis-server and one keyring.
-struct Shared {
-    redis: RedisServer,
-    keyring: PathBuf,
-    dir: TempDir,
-}
-
-impl Shared {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let keyring = dir.path().join("keyring.json");
-        let out = Command::new(BIN)
-            .arg("keygen")
-            .arg(&keyring)
-            .output()
-            .expect("keygen");
-        assert!(out.status.success(), "keygen: {out:?}");
-        Self {
-            redis: RedisServer::start(),
-            keyring,
-            dir,
-        }
-    }
-
-    fn sidecar(&self, agent: &str, extra: &[&str]) -> Sidecar {
-        let dir = self.dir.path().join(agent);
-        std::fs::create_dir(&dir).expect("sidecar dir");
-        let (url, keyring) = (self.redis.url(), self.keyring.display().to_string());
-        let mut args = vec!["--redis-url", &url, "--keyring", &keyring, "--agent", agent];
-        args.extend_from_slice(extra);
-        Sidecar::dev(&dir, &args)
-    }
-}
 
 /// This test process's uid, to map it to a role.
 fn my_uid() -> u32 {
@@ -134,8 +98,8 @@ async fn open_stream(client: &Client, last_event_id: Option<&str>) -> Streaming 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_and_denials_reach_the_log_and_another_sidecars_stream() {
     let shared = Shared::new();
-    let owner = shared.sidecar("dev-agent", &[]);
-    let watcher = shared.sidecar("watcher", &[]);
+    let owner = shared.sidecar("dev", "dev-agent", &[]);
+    let watcher = shared.sidecar("dev", "watcher", &[]);
     let (owner_client, watcher_client) = (owner.client(), watcher.client());
     let mut stream = open_stream(&watcher_client, None).await;
 
@@ -407,7 +371,11 @@ async fn metrics_parse_as_prometheus_text_and_count_the_requests() {
 async fn reading_audit_is_a_policy_decision() {
     let shared = Shared::new();
     let uid = my_uid();
-    let writer = shared.sidecar("dev-agent", &["--role", &format!("writer=uid:{uid}")]);
+    let writer = shared.sidecar(
+        "dev",
+        "dev-agent",
+        &["--role", &format!("writer=uid:{uid}")],
+    );
     let denied = get(&writer.client(), "/v1/audit").await;
     assert_error(&denied, 403, "policy_denied");
     let reasons = denied.json()["error"]["reasons"].clone();
@@ -425,7 +393,11 @@ async fn reading_audit_is_a_policy_decision() {
         .expect("reply");
     assert_error(&stream, 403, "policy_denied");
 
-    let auditor = shared.sidecar("auditing", &["--role", &format!("auditor=uid:{uid}")]);
+    let auditor = shared.sidecar(
+        "dev",
+        "auditing",
+        &["--role", &format!("auditor=uid:{uid}")],
+    );
     let log = audit_log(&auditor.client(), 100).await;
     let refused = find(&log, "vault.denied", "audit").expect("the refused audit read");
     assert_eq!(refused["action"], "audit");

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -307,6 +308,56 @@ pub fn assert_error(reply: &Reply, status: u16, code: &str) {
         "body: {:?}",
         reply.json()
     );
+}
+
+/// One redis-server and one keyring (`agentvault keygen`) shared by every
+/// sidecar started from it, each in its own sub-directory.
+pub struct Shared {
+    pub redis: RedisServer,
+    pub keyring: PathBuf,
+    dir: TempDir,
+}
+
+impl Shared {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Processes of other uids must reach the sockets inside.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let keyring = dir.path().join("keyring.json");
+        let out = Command::new(BIN)
+            .arg("keygen")
+            .arg(&keyring)
+            .output()
+            .expect("run agentvault keygen");
+        assert!(out.status.success(), "keygen: {out:?}");
+        Self {
+            redis: RedisServer::start(),
+            keyring,
+            dir,
+        }
+    }
+
+    /// A dev sidecar of `tenant`/`agent` on the shared Redis and keyring.
+    pub fn sidecar(&self, tenant: &str, agent: &str, extra: &[&str]) -> Sidecar {
+        let dir = self.dir.path().join(format!("{tenant}-{agent}"));
+        std::fs::create_dir(&dir).expect("sidecar dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let url = self.redis.url();
+        let keyring = self.keyring.display().to_string();
+        let mut args = vec![
+            "--redis-url",
+            &url,
+            "--keyring",
+            &keyring,
+            "--tenant",
+            tenant,
+            "--agent",
+            agent,
+        ];
+        args.extend_from_slice(extra);
+        Sidecar::dev(&dir, &args)
+    }
 }
 
 /// The `reasons` of a 403 body.
