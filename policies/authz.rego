@@ -5,8 +5,9 @@
 # names keys within the tenant of its SVID), so no rule here crosses tenants.
 #
 # Shaped for speed as well as clarity, since it runs on every request: the
-# decision dispatches on the action, so only that action's grounds are
-# evaluated, and rules read input fields directly rather than through helper
+# decision dispatches on the action, an allowed request stops at the first
+# ground that holds (tried most common first), only a denied one gathers every
+# reason, and rules read input fields directly rather than through helper
 # rules, each reference to a rule being an evaluation step of its own.
 # Negations go through helper rules (such as new_path_action), on which OPA
 # and regorus agree even when the input lacks a field.
@@ -14,11 +15,11 @@ package agentvault.authz
 
 import rego.v1
 
-# When any ground for the action holds, the request is allowed and the grounds
-# are its reasons; otherwise the denials are.
-decision := {"allow": true, "reasons": sort(secret_grounds)} if {
+# An allowed request gives the first ground that holds as its reason; a
+# denied one every reason it was denied for.
+decision := {"allow": true, "reasons": [secret_ground]} if {
 	secret_action
-	count(secret_grounds) > 0
+	is_string(secret_ground)
 } else := {"allow": false, "reasons": sort(secret_denials)} if {
 	secret_action
 } else := {"allow": true, "reasons": sort(approve_grounds)} if {
@@ -53,32 +54,93 @@ tier_rank := {"standard": 0, "sensitive": 1, "critical": 2}
 # once per item, leaving out the items the caller may not list.
 secret_action if input.action in {"read", "write", "delete", "list", "rotate", "grant", "token", "import"}
 
+# The grounds, in the order they are tried:
+#
 # Rule 1 (and 7 for token and import): a secret belongs to the agent that first
 # wrote it; an unscoped one to every caller of that agent, a scoped one to
 # that role. The agent-level caller provisions for its roles: it may replace
 # or remove a role-scoped secret, never read it or hand it on.
-secret_grounds contains "caller's agent owns this secret" if {
+#
+# Rule 3: a bearer token lets its bearer do exactly what its scope says
+# (read, write or list), with the authority of the agent and role that minted
+# it and up to the tier it was issued (or approved) for.
+#
+# Rule 2: a grant lets another agent of the tenant read (and list), never
+# more, and reaches a role-scoped secret only when that role made it.
+#
+# A path that holds no secret yet: the writer becomes its owner, and a read is
+# let through so that the vault can answer 404. Grants and tokens may name
+# paths and prefixes that hold nothing yet, because they only ever reach
+# secrets of the agent and role that made them.
+secret_ground := "caller's agent owns this secret" if {
 	input.resource.exists == true
 	input.resource.owner == input.subject.agent_id
 	input.resource.owner_scope == null
-}
-
-secret_grounds contains sprintf("caller's role %s owns this secret", [input.subject.role]) if {
+} else := sprintf("caller's role %s owns this secret", [input.subject.role]) if {
 	input.resource.exists == true
 	input.resource.owner == input.subject.agent_id
-	input.resource.owner_scope != null
 	input.subject.role == input.resource.owner_scope
+} else := sprintf("token scope secrets:%s:%s covers this path", [input.token.action, input.token.pattern]) if {
+	input.token.action == input.action
+	covers(input.token.pattern, input.resource.path)
+	token_reaches
+} else := sprintf("grant of %s covers this path", [min(covering_grants)]) if {
+	grant_action
+	input.resource.exists == true
+	input.resource.owner != input.subject.agent_id
+	count(covering_grants) > 0
+} else := new_path_reasons[input.action] if {
+	input.resource.exists == false
+} else := "the agent-level caller provisions its roles' secrets" if {
+	input.resource.exists == true
+	input.resource.owner == input.subject.agent_id
+	input.subject.role == null
+	provisioning_action
 }
 
 provisioning_action if input.action in {"write", "delete", "rotate", "import"}
 
-secret_grounds contains "the agent-level caller provisions its roles' secrets" if {
-	input.resource.exists == true
-	input.resource.owner == input.subject.agent_id
-	input.resource.owner_scope != null
-	input.subject.role == null
-	provisioning_action
+new_path_reasons := {
+	"read": "no secret at this path yet; the writer becomes its owner",
+	"write": "no secret at this path yet; the writer becomes its owner",
+	"rotate": "no secret at this path yet; the writer becomes its owner",
+	"import": "no secret at this path yet; the writer becomes its owner",
+	"list": "any caller of the tenant may list",
+	"grant": "grants and tokens reach only their maker's own secrets",
+	"token": "grants and tokens reach only their maker's own secrets",
 }
+
+new_path_action if new_path_reasons[input.action]
+
+grant_action if input.action in {"read", "list"}
+
+grant_reaches(grant) if input.resource.owner_scope == null
+
+grant_reaches(grant) if grant.role == input.resource.owner_scope
+
+# The paths of the grants to the caller's agent that cover the resource.
+covering_grants := [grant.path |
+	some grant in input.grants
+	grant.agent_id == input.subject.agent_id
+	covers(grant.path, input.resource.path)
+	grant_reaches(grant)
+]
+
+token_reaches if input.resource.exists == false
+
+token_reaches if {
+	input.resource.owner == input.token.agent_id
+	token_scope_allows
+	tier_rank[input.resource.tier] <= tier_rank[input.token.tier]
+}
+
+token_scope_allows if input.resource.owner_scope == null
+
+token_scope_allows if input.resource.owner_scope == input.token.role
+
+token_covers if covers(input.token.pattern, input.resource.path)
+
+# ---- denials: every reason a secret action was refused --------------------
 
 owner_scope_allows if input.resource.owner_scope == null
 
@@ -100,85 +162,17 @@ secret_denials contains "not the owner of this secret" if {
 	input.resource.owner != input.subject.agent_id
 }
 
-# A path that holds no secret yet: the writer becomes its owner, and a read is
-# let through so that the vault can answer 404. Grants and tokens may name
-# paths and prefixes that hold nothing yet, because they only ever reach
-# secrets of the agent and role that made them (rules 2 and 3).
-new_path_reasons := {
-	"read": "no secret at this path yet; the writer becomes its owner",
-	"write": "no secret at this path yet; the writer becomes its owner",
-	"rotate": "no secret at this path yet; the writer becomes its owner",
-	"import": "no secret at this path yet; the writer becomes its owner",
-	"list": "any caller of the tenant may list",
-	"grant": "grants and tokens reach only their maker's own secrets",
-	"token": "grants and tokens reach only their maker's own secrets",
-}
-
-new_path_action if new_path_reasons[input.action]
-
-secret_grounds contains new_path_reasons[input.action] if input.resource.exists == false
-
 secret_denials contains sprintf("no secret at this path to %s", [input.action]) if {
 	input.resource.exists == false
 	not new_path_action
-}
-
-# Rule 2: a grant lets another agent of the tenant read (and list), never
-# more, and reaches a role-scoped secret only when that role made it.
-grant_action if input.action in {"read", "list"}
-
-grant_reaches(grant) if input.resource.owner_scope == null
-
-grant_reaches(grant) if grant.role == input.resource.owner_scope
-
-secret_grounds contains sprintf("grant of %s covers this path", [grant.path]) if {
-	grant_action
-	input.resource.exists == true
-	input.resource.owner != input.subject.agent_id
-	some grant in input.grants
-	grant.agent_id == input.subject.agent_id
-	covers(grant.path, input.resource.path)
-	grant_reaches(grant)
-}
-
-grant_covers if {
-	some grant in input.grants
-	grant.agent_id == input.subject.agent_id
-	covers(grant.path, input.resource.path)
-	grant_reaches(grant)
 }
 
 secret_denials contains "no grant covers this path" if {
 	grant_action
 	input.resource.exists == true
 	input.resource.owner != input.subject.agent_id
-	not grant_covers
+	count(covering_grants) == 0
 }
-
-# Rule 3: a bearer token lets its bearer do exactly what its scope says
-# (read, write or list), with the authority of the agent and role that minted
-# it and up to the tier it was issued (or approved) for.
-token_ground := sprintf("token scope secrets:%s:%s covers this path", [input.token.action, input.token.pattern])
-
-token_reaches if input.resource.exists == false
-
-token_reaches if {
-	input.resource.owner == input.token.agent_id
-	token_scope_allows
-	tier_rank[input.resource.tier] <= tier_rank[input.token.tier]
-}
-
-token_scope_allows if input.resource.owner_scope == null
-
-token_scope_allows if input.resource.owner_scope == input.token.role
-
-secret_grounds contains token_ground if {
-	input.token.action == input.action
-	covers(input.token.pattern, input.resource.path)
-	token_reaches
-}
-
-token_covers if covers(input.token.pattern, input.resource.path)
 
 secret_denials contains sprintf("token scope allows %s, not %s", [input.token.action, input.action]) if {
 	input.token.action != input.action

@@ -1145,10 +1145,7 @@ mod tests {
                     "secrets:list:prod/*",
                 ),
                 true,
-                vec![
-                    "any caller of the tenant may list",
-                    "token scope secrets:list:prod/* covers this path",
-                ],
+                vec!["token scope secrets:list:prod/* covers this path"],
             ),
             (
                 "token action mismatch",
