@@ -66,7 +66,7 @@ fn token_read() -> PolicyInput {
     let mut input = read(OTHER);
     input.token = TokenScope::parse("secrets:read:prod/openai/*")
         .ok()
-        .map(|s| s.claims(ME, None, Tier::Critical));
+        .map(|s| s.claims(OTHER, None, Tier::Critical));
     input
 }
 
@@ -96,7 +96,13 @@ fn latency_loop(engine: &PolicyEngine) {
         ("allowed read (grant)", granted_read()),
         ("allowed read (token)", token_read()),
     ];
-    for (_, input) in &inputs {
+    for (name, input) in &inputs {
+        let decision = engine.decide(input).expect("decision");
+        assert_eq!(
+            decision.allow,
+            name.starts_with("allowed"),
+            "{name}: {decision:?}"
+        );
         for _ in 0..1_000 {
             black_box(engine.decide(input).expect("decision"));
         }
@@ -124,7 +130,12 @@ fn latency_loop(engine: &PolicyEngine) {
 }
 
 fn main() {
-    let engine = PolicyEngine::builtin(PolicyConfig::default()).expect("builtin policy");
+    // POLICY_DIR measures the policies of another directory instead of the built-in ones.
+    let engine = match std::env::var_os("POLICY_DIR") {
+        Some(dir) => PolicyEngine::load(std::path::Path::new(&dir), PolicyConfig::default()),
+        None => PolicyEngine::builtin(PolicyConfig::default()),
+    }
+    .expect("policy");
     // `cargo test --benches` runs this without --bench: skip the long loop there.
     if std::env::args().any(|a| a == "--bench") {
         latency_loop(&engine);

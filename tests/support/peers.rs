@@ -2,7 +2,7 @@
 //! `SO_PEERCRED` and maps them to roles. Needs root, as CI runs.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use agentvault::client::{Client, Reply};
@@ -30,6 +30,33 @@ pub fn shared_dir() -> TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     dir
+}
+
+/// Where a process of another uid can run `binary`: the binary itself when
+/// every directory above it lets others through, else a hard link (or copy)
+/// in `dir`, a directory the test owns and removes. A CI checkout may well
+/// sit in a 0700 temp dir.
+fn runnable(binary: &Path, dir: &Path) -> PathBuf {
+    let reachable = binary
+        .ancestors()
+        .skip(1)
+        .all(|d| std::fs::metadata(d).is_ok_and(|m| m.mode() & 0o001 != 0));
+    if reachable {
+        return binary.to_owned();
+    }
+    let name = binary.file_name().expect("a binary's file name");
+    let target = dir.join(format!("peer-{}", name.to_string_lossy()));
+    if !target.exists() {
+        std::fs::hard_link(binary, &target)
+            .or_else(|_| std::fs::copy(binary, &target).map(drop))
+            .expect("link the binary where other uids can run it");
+    }
+    target
+}
+
+/// The directory a socket lives in, which its test owns.
+fn socket_dir(socket: &Path) -> &Path {
+    socket.parent().expect("the socket's directory")
 }
 
 /// Not a test of its own: the body of the child process [`as_uid`] starts
@@ -74,7 +101,8 @@ pub async fn as_uid(
         "socket": socket, "method": method.as_str(), "uri": uri,
         "body": body.map(|b| b.to_string()),
     });
-    let out = tokio::process::Command::new(std::env::current_exe().expect("test binary"))
+    let test_binary = std::env::current_exe().expect("test binary");
+    let out = tokio::process::Command::new(runnable(&test_binary, socket_dir(socket)))
         .args([
             "--exact",
             "support::peers::peer_request",
@@ -107,7 +135,7 @@ pub async fn as_uid(
 
 /// Runs the `agentvault` CLI against `socket`, as `uid` (gid 0) when given.
 pub async fn cli_as(uid: Option<u32>, socket: &Path, args: &[&str]) -> std::process::Output {
-    let mut cmd = tokio::process::Command::new(BIN);
+    let mut cmd = tokio::process::Command::new(runnable(Path::new(BIN), socket_dir(socket)));
     cmd.arg("--socket")
         .arg(socket)
         .args(args)
