@@ -7,20 +7,22 @@
 //! field that could carry a secret value or a token: [`AuditEvent`] has none,
 //! and its constructors take a [`Caller`] without copying its bearer token.
 //!
-//! When the store cannot take an event, it is kept in a bounded in-memory
-//! buffer and retried in the background. With `fail_closed`, operations that
-//! change state or disclose a critical secret refuse to run (`unavailable`)
-//! while events wait in that buffer, and a critical read whose event cannot be
-//! stored is refused rather than answered unaudited.
+//! Events wait in a bounded in-memory queue for one writer task that stores
+//! them in batches, and retries while the store cannot take them. With
+//! `fail_closed`, operations that change state or disclose a critical secret
+//! refuse to run (`unavailable`) while the store refuses events, and a
+//! critical read is answered only once its event is stored.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tokio::sync::oneshot;
 
 use crate::identity::Caller;
 use crate::store::{AuditFollower, Store, StoreError};
@@ -304,6 +306,11 @@ pub enum Guard {
 }
 
 /// Appends one tenant's events. Cheap to clone.
+///
+/// Events are logged at once and stored by one writer task ([`Auditor::run`])
+/// that appends whatever has queued up in one batch (group commit), so a
+/// request does not wait for its own round trip to the store unless it must:
+/// a critical disclosure under `fail_closed` waits until its event is stored.
 #[derive(Clone)]
 pub struct Auditor {
     inner: Arc<Inner>,
@@ -314,10 +321,28 @@ struct Inner {
     tenant: String,
     settings: AuditSettings,
     telemetry: Arc<dyn Telemetry>,
-    buffer: Mutex<VecDeque<AuditEvent>>,
-    /// One flush at a time, so buffered events reach the store in order.
-    flushing: tokio::sync::Mutex<()>,
+    queue: Mutex<Queue>,
+    wake: tokio::sync::Notify,
+    /// Set when the store refused a batch; cleared when one is stored.
+    failing: AtomicBool,
 }
+
+/// Events logged but not stored yet, oldest first. Only the writer removes
+/// events from the front, and only the `in_flight` ones it is appending.
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Queued>,
+    in_flight: usize,
+}
+
+struct Queued {
+    event: AuditEvent,
+    /// Told whether the event was stored, for a disclosure that waits on it.
+    stored: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// Events appended to the store in one round trip at the most.
+const BATCH: usize = 256;
 
 impl Auditor {
     pub fn new(
@@ -332,8 +357,9 @@ impl Auditor {
                 tenant: tenant.to_owned(),
                 settings,
                 telemetry,
-                buffer: Mutex::new(VecDeque::new()),
-                flushing: tokio::sync::Mutex::new(()),
+                queue: Mutex::new(Queue::default()),
+                wake: tokio::sync::Notify::new(),
+                failing: AtomicBool::new(false),
             }),
         }
     }
@@ -346,104 +372,90 @@ impl Auditor {
         self.inner.telemetry.as_ref()
     }
 
-    fn buffer(&self) -> std::sync::MutexGuard<'_, VecDeque<AuditEvent>> {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.inner
-            .buffer
+            .queue
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Events waiting in memory for the store.
+    /// Events logged but not stored yet.
     pub fn waiting(&self) -> usize {
-        self.buffer().len()
+        self.queue().items.len()
     }
 
-    /// Whether an operation that must fail closed may run now: not while
-    /// events are waiting for a store that could not take them.
+    fn failing(&self) -> bool {
+        self.inner.failing.load(Ordering::Acquire)
+    }
+
+    /// Whether an operation that must fail closed may run now: not while the
+    /// store refuses events.
     pub fn check_open(&self) -> Result<(), AuditError> {
-        if self.inner.settings.fail_closed && self.waiting() > 0 {
+        if self.inner.settings.fail_closed && self.failing() {
             return Err(AuditError::Unavailable(
-                "earlier events are still waiting to be stored".into(),
+                "the audit log cannot store events".into(),
             ));
         }
         Ok(())
     }
 
-    /// Logs, counts and stores events. Fails only for a [`Guard::Disclosure`]
-    /// under `fail_closed` when the events could not be stored; they are then
-    /// kept as refusals, since the caller gets nothing.
+    /// Logs, counts and queues events for the store. Fails only for a
+    /// [`Guard::Disclosure`] under `fail_closed` whose event could not be
+    /// stored; it is then kept as a refusal, since the caller gets nothing.
     pub async fn record(&self, events: Vec<AuditEvent>, guard: Guard) -> Result<(), AuditError> {
         if events.is_empty() {
             return Ok(());
         }
         let strict = guard == Guard::Disclosure && self.inner.settings.fail_closed;
-        if self.waiting() > 0 {
-            // Keep order behind what is already waiting; the retry task stores it.
-            let refused = strict.then(|| "earlier events are still waiting to be stored".into());
-            return self.hold(events, refused);
+        if strict && self.failing() {
+            let refusals = events.into_iter().map(refusal).collect();
+            self.push(refusals, None);
+            return Err(AuditError::Unavailable(
+                "the audit log cannot store events".into(),
+            ));
         }
-        for event in &events {
-            self.mirror(event);
+        if !strict {
+            self.push(events, None);
+            return Ok(());
         }
-        match self
-            .inner
-            .store
-            .append_audit(&self.inner.tenant, &events, self.inner.settings.max_len)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                tracing::warn!(error = %e, events = events.len(), "audit events could not be stored; buffering");
-                self.hold_logged(events, strict.then(|| e.to_string()))
-            }
+        let (tx, rx) = oneshot::channel();
+        self.push(events, Some(tx));
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(AuditError::Unavailable(why)),
+            Err(_) => Err(AuditError::Unavailable("the audit writer stopped".into())),
         }
     }
 
-    /// Buffers events that were not logged yet.
-    fn hold(&self, events: Vec<AuditEvent>, refused: Option<String>) -> Result<(), AuditError> {
-        let events: Vec<AuditEvent> = events
-            .into_iter()
-            .map(|e| match &refused {
-                Some(_) => refusal(e),
-                None => e,
-            })
-            .collect();
-        for event in &events {
-            self.mirror(event);
-        }
-        self.push(events);
-        refused.map_or(Ok(()), |why| Err(AuditError::Unavailable(why)))
-    }
-
-    /// Buffers events already logged as they were.
-    fn hold_logged(
+    /// Logs events and queues them; `stored` is told about the last one.
+    fn push(
         &self,
         events: Vec<AuditEvent>,
-        refused: Option<String>,
-    ) -> Result<(), AuditError> {
-        let events = match &refused {
-            Some(_) => events
-                .into_iter()
-                .map(|e| {
-                    let e = refusal(e);
-                    self.mirror(&e);
-                    e
-                })
-                .collect(),
-            None => events,
-        };
-        self.push(events);
-        refused.map_or(Ok(()), |why| Err(AuditError::Unavailable(why)))
-    }
-
-    fn push(&self, events: Vec<AuditEvent>) {
+        mut stored: Option<oneshot::Sender<Result<(), String>>>,
+    ) {
+        for event in &events {
+            self.mirror(event);
+        }
         let cap = self.inner.settings.buffer.max(1);
+        let last = events.len().saturating_sub(1);
         let (waiting, dropped) = {
-            let mut buffer = self.buffer();
-            buffer.extend(events);
-            let dropped = buffer.len().saturating_sub(cap);
-            buffer.drain(..dropped);
-            (buffer.len(), dropped)
+            let mut queue = self.queue();
+            queue
+                .items
+                .extend(events.into_iter().enumerate().map(|(i, event)| Queued {
+                    event,
+                    stored: if i == last { stored.take() } else { None },
+                }));
+            // Over the cap, the oldest events not being appended right now go.
+            let excess = queue.items.len().saturating_sub(cap);
+            let from = queue.in_flight.min(queue.items.len());
+            let dropped = excess.min(queue.items.len() - from);
+            for gone in queue.items.drain(from..from + dropped) {
+                if let Some(stored) = gone.stored {
+                    let _ = stored.send(Err("the audit buffer overflowed".into()));
+                }
+            }
+            (queue.items.len(), dropped)
         };
         if dropped > 0 {
             tracing::error!(
@@ -452,6 +464,7 @@ impl Auditor {
             );
         }
         self.inner.telemetry.audit_buffered(waiting);
+        self.inner.wake.notify_one();
     }
 
     /// The JSON line on the log, and the count.
@@ -463,58 +476,101 @@ impl Auditor {
         }
     }
 
-    /// Tries once to store what is waiting, oldest first; true when nothing is left.
-    pub async fn flush(&self) -> bool {
-        let _turn = self.inner.flushing.lock().await;
+    /// Stores queued events in batches, oldest first, until the task is
+    /// dropped; while the store refuses them, tries again every `retry`.
+    pub async fn run(self, retry: Duration) {
         loop {
-            let batch: Vec<AuditEvent> = self.buffer().iter().take(256).cloned().collect();
+            let (batch, mut waiters) = {
+                let mut queue = self.queue();
+                let n = queue.items.len().min(BATCH);
+                queue.in_flight = n;
+                let batch: Vec<AuditEvent> = queue
+                    .items
+                    .iter()
+                    .take(n)
+                    .map(|q| q.event.clone())
+                    .collect();
+                let waiters: Vec<(usize, oneshot::Sender<Result<(), String>>)> = queue
+                    .items
+                    .iter_mut()
+                    .take(n)
+                    .enumerate()
+                    .filter_map(|(i, q)| q.stored.take().map(|tx| (i, tx)))
+                    .collect();
+                (batch, waiters)
+            };
             if batch.is_empty() {
-                self.inner.telemetry.audit_buffered(0);
-                return true;
+                self.inner.wake.notified().await;
+                continue;
             }
-            if let Err(e) = self
+            let appended = self
                 .inner
                 .store
                 .append_audit(&self.inner.tenant, &batch, self.inner.settings.max_len)
-                .await
-            {
-                tracing::debug!(error = %e, "audit store still unavailable");
-                return false;
+                .await;
+            match appended {
+                Ok(_) => {
+                    let was_failing = self.inner.failing.swap(false, Ordering::AcqRel);
+                    let waiting = {
+                        let mut queue = self.queue();
+                        queue.items.drain(..batch.len());
+                        queue.in_flight = 0;
+                        queue.items.len()
+                    };
+                    if was_failing {
+                        tracing::info!(
+                            stored = batch.len(),
+                            waiting,
+                            "the audit log takes events again"
+                        );
+                    }
+                    self.inner.telemetry.audit_buffered(waiting);
+                    for (_, tx) in waiters {
+                        let _ = tx.send(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    if !self.inner.failing.swap(true, Ordering::AcqRel) {
+                        tracing::warn!(error = %e, waiting = self.waiting(), "audit events could not be stored; keeping them to retry");
+                    }
+                    // A disclosure waiting on its event is refused, and its
+                    // event kept as the refusal it became.
+                    {
+                        let mut queue = self.queue();
+                        for (i, _) in &waiters {
+                            if let Some(q) = queue.items.get_mut(*i) {
+                                q.event = refusal(q.event.clone());
+                                self.mirror(&q.event);
+                            }
+                        }
+                        queue.in_flight = 0;
+                    }
+                    for (_, tx) in waiters.drain(..) {
+                        let _ = tx.send(Err(e.to_string()));
+                    }
+                    tokio::time::sleep(retry).await;
+                }
             }
-            let waiting = {
-                let mut buffer = self.buffer();
-                // Only the retry task removes events, so the front is still this batch.
-                let n = batch.len().min(buffer.len());
-                buffer.drain(..n);
-                buffer.len()
-            };
-            tracing::info!(
-                stored = batch.len(),
-                waiting,
-                "buffered audit events stored"
-            );
-            self.inner.telemetry.audit_buffered(waiting);
         }
     }
 
-    /// Retries buffered events every `interval` until the task is dropped.
-    pub async fn run(self, interval: Duration) {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            if self.waiting() > 0 {
-                self.flush().await;
-            }
-        }
-    }
-
-    /// The newest `limit` events, newest first.
+    /// The newest `limit` events, newest first, including every event this
+    /// sidecar logged before the call (unless the store refuses them).
     pub async fn newest(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.settle().await;
         self.inner
             .store
             .audit_newest(&self.inner.tenant, limit)
             .await
+    }
+
+    /// Waits, a second at the most, until what is queued now has been stored
+    /// or the store has refused it.
+    async fn settle(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while self.waiting() > 0 && !self.failing() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// A reader that waits for events after an id.
