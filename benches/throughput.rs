@@ -141,27 +141,29 @@ fn main() {
     });
 
     let socket = dir.path().join("agentvault.sock");
-    let _sidecar = Guard(
-        Command::new(env!("CARGO_BIN_EXE_agentvault"))
-            .args([
-                "dev",
-                "--metrics-addr",
-                "off",
-                "--redis-url",
-                &url,
-                // One caller drives the load: measure serving, not the limiter.
-                "--rate-limit",
-                "0",
-                "--socket",
-            ])
-            .arg(&socket)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("agentvault binary"),
-    );
+    let mut sidecar = Command::new(env!("CARGO_BIN_EXE_agentvault"));
+    sidecar
+        .args([
+            "dev",
+            "--metrics-addr",
+            "off",
+            "--redis-url",
+            &url,
+            // One caller drives the load: measure serving, not the limiter.
+            "--rate-limit",
+            "0",
+            "--socket",
+        ])
+        .arg(&socket)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null());
+    // POLICY_DIR serves with the policies of another directory, to weigh the policy's share.
+    if let Some(policies) = std::env::var_os("POLICY_DIR") {
+        sidecar.arg("--policy-dir").arg(policies);
+    }
+    let _sidecar = Guard(sidecar.spawn().expect("agentvault binary"));
     wait_until("the sidecar", || {
         std::os::unix::net::UnixStream::connect(&socket).is_ok()
     });
