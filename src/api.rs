@@ -199,6 +199,9 @@ impl Api {
             }
             Err(ApiError::Vault(e)) => {
                 let code = e.code();
+                if matches!(e, VaultError::Storage(_)) {
+                    self.metrics.storage_error();
+                }
                 if code == ErrorCode::Internal {
                     tracing::error!(request_id = %request_id, error = %e, "request failed");
                 }
@@ -723,6 +726,7 @@ mod tests {
             (ErrorCode::TooLarge, 413),
             (ErrorCode::RateLimited, 429),
             (ErrorCode::Unavailable, 503),
+            (ErrorCode::Internal, 500),
         ];
         for (code, status) in table {
             assert_eq!(status_of(code).as_u16(), status, "{code:?}");

@@ -145,9 +145,11 @@ impl Metrics {
         self.duration
             .with_label_values(&[op])
             .observe(elapsed.as_secs_f64());
-        if outcome == "unavailable" {
-            self.storage_errors.inc();
-        }
+    }
+
+    /// Counts a request that failed because the store could not be reached.
+    pub fn storage_error(&self) {
+        self.storage_errors.inc();
     }
 
     pub fn render(&self) -> Vec<u8> {

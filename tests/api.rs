@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hyper::Method;
 use serde_json::json;
-use support::{assert_error, get, put, put_value, raw, send, Backend, TestEnv};
+use support::{assert_error, free_port, get, put, put_value, raw, send, Backend, TestEnv};
 
 async fn put_get_round_trips_value_and_metadata(backend: Backend) {
     let env = TestEnv::start(backend);
@@ -496,7 +496,8 @@ on_both_backends!(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_answers_unavailable_and_writes_nothing() {
-    let mut env = TestEnv::start(Backend::Redis);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut env = TestEnv::start_with(Backend::Redis, &["--metrics-addr", &metrics]);
     let c = env.client();
     put_value(&c, "before", "v").await;
     let mut redis = env.redis.take().unwrap();
@@ -508,6 +509,17 @@ async fn redis_down_answers_unavailable_and_writes_nothing() {
     );
     assert_error(&get(&c, "/v1/secrets/before").await, 503, "unavailable");
     assert_error(&get(&c, "/v1/health").await, 503, "unavailable");
+    let text = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        text.lines()
+            .any(|l| l == "agentvault_storage_errors_total 3"),
+        "the three failed requests count as storage errors:\n{text}"
+    );
     let redis = redis.restart();
     // The sidecar reconnects by itself; the failed write left nothing behind.
     let mut healthy = false;

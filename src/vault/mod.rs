@@ -92,6 +92,9 @@ pub enum VaultError {
     TooLarge { what: String, limit: usize },
     #[error("{0}")]
     Unavailable(String),
+    /// The store could not be reached: the one `unavailable` that counts as a storage error.
+    #[error("storage unavailable: {0}")]
+    Storage(String),
     #[error("secret `{path}` could not be decrypted: {source}")]
     Integrity {
         path: String,
@@ -130,7 +133,7 @@ impl VaultError {
             Self::Conflict { .. } | Self::AlreadyDecided(_) => ErrorCode::Conflict,
             Self::Expired { .. } => ErrorCode::Expired,
             Self::TooLarge { .. } => ErrorCode::TooLarge,
-            Self::Unavailable(_) | Self::Raced => ErrorCode::Unavailable,
+            Self::Unavailable(_) | Self::Storage(_) | Self::Raced => ErrorCode::Unavailable,
             Self::Integrity { .. } | Self::Corrupt(_) => ErrorCode::Internal,
         }
     }
@@ -139,9 +142,7 @@ impl VaultError {
 impl From<StoreError> for VaultError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(why) => {
-                Self::Unavailable(format!("storage unavailable: {why}"))
-            }
+            StoreError::Unavailable(why) => Self::Storage(why),
             StoreError::Conflict => Self::Raced,
             corrupt @ StoreError::Corrupt { .. } => Self::Corrupt(corrupt.to_string()),
         }
@@ -844,13 +845,9 @@ impl Vault {
             .map(|path| async move { (*path, self.get_with(access, path, None).await) });
         let mut result = BatchResult::default();
         for (path, outcome) in futures_util::future::join_all(reads).await {
-            // Storage trouble fails the whole batch rather than hiding in per-path errors.
-            if let Err(e) = &outcome {
-                if e.code() == ErrorCode::Unavailable {
-                    return Err(VaultError::Unavailable(e.to_string()));
-                }
-            }
             match outcome {
+                // Storage trouble fails the whole batch rather than hiding in per-path errors.
+                Err(e) if e.code() == ErrorCode::Unavailable => return Err(e),
                 Ok(secret) => {
                     result.secrets.insert(path.clone(), secret.value);
                 }
