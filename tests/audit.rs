@@ -24,22 +24,6 @@ fn my_uid() -> u32 {
     file.as_file().metadata().expect("metadata").uid()
 }
 
-/// The log as soon as `ready` holds for it (within five seconds).
-async fn audit_log_until(
-    client: &Client,
-    limit: usize,
-    ready: impl Fn(&[Value]) -> bool,
-) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let log = audit_log(client, limit).await;
-        if ready(&log) || Instant::now() > deadline {
-            return log;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn audit_log(client: &Client, limit: usize) -> Vec<Value> {
     let reply = get(client, &format!("/v1/audit?limit={limit}")).await;
     assert_eq!(reply.status, 200, "{:?}", reply.json());
@@ -147,11 +131,11 @@ async fn reads_and_denials_reach_the_log_and_another_sidecars_stream() {
         find(log, "vault.accessed", "prod/api-key").is_some()
             && find(log, "vault.denied", "prod/api-key").is_some()
     };
-    let log = audit_log_until(&owner_client, 100, both).await;
+    let log = wait_for_log(&owner_client, "the read and the denial", both).await;
     check(&log);
     let ids: Vec<AuditId> = log.iter().map(id_of).collect();
     assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
-    check(&audit_log_until(&watcher_client, 100, both).await);
+    check(&wait_for_log(&watcher_client, "the read and the denial", both).await);
     // ...and on the watcher's stream, which the owner's events reach through Redis.
     let streamed = collect_events(&mut stream, |seen| {
         find(seen, "vault.accessed", "prod/api-key").is_some()
