@@ -372,7 +372,7 @@ impl Vault {
         req: TokenRequest,
     ) -> Result<TokenIssued, VaultError> {
         let access = self.access(caller).await?;
-        let claims = TokenScope::parse(&req.scope)
+        let scope = TokenScope::parse(&req.scope)
             .map_err(|e| VaultError::invalid("scope", e.to_string()))?;
         if !(1..=MAX_TOKEN_TTL_SECONDS).contains(&req.ttl_seconds) {
             return Err(VaultError::invalid(
@@ -386,9 +386,9 @@ impl Vault {
         if req.description.as_ref().is_some_and(|d| d.len() > 1024) {
             return Err(VaultError::invalid("description", "longer than 1024 bytes"));
         }
-        let covered = self.covered_by(&claims.pattern).await?;
+        let covered = self.covered_by(&scope.pattern).await?;
         if covered.is_empty() {
-            self.authorize(&access, Action::Token, Resource::missing(&claims.pattern))
+            self.authorize(&access, Action::Token, Resource::missing(&scope.pattern))
                 .await?;
         }
         for record in &covered {
