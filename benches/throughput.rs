@@ -1,47 +1,46 @@
-//! Throughput of the running sidecar against raw Redis on the same server, in
-//! the same run: GET and PUT through the Unix socket versus GET and SET
-//! straight to Redis, each at 16 concurrent connections. Prints ops/s and the
-//! ratios. Run with `cargo bench --bench throughput`.
+//! Throughput of running sidecars against raw Redis and a bare hyper server,
+//! all in the same run on the same machine, each at 16 concurrent
+//! connections with the same load generator:
+//! - raw Redis GET and SET (the shared store's own ceiling);
+//! - a bare hyper server on a Unix socket answering a fixed body (the
+//!   transport's ceiling);
+//! - sidecar GET warm (the sealed-record cache on) and cold (`--cache-max-entries 0`),
+//!   and PUT.
+//!
+//! Then, from `INFO commandstats` and `INFO cpu`: Redis CPU per audited read,
+//! warm and cold; and the invalidation latency: a PUT on sidecar A until
+//! sidecar B (which had the old value cached) answers the new one, p50/p99.
+//! Prints tables of ratios. Run with `cargo bench --bench throughput`.
 
-use std::net::TcpListener;
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentvault::client::Connection;
-use hyper::Method;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Response};
+use support::{wait_until, Guard, Redis};
+
+mod support;
 
 const CONCURRENCY: usize = 16;
 const KEYS: usize = 100;
 const WARMUP: Duration = Duration::from_millis(500);
 const MEASURE: Duration = Duration::from_secs(3);
+/// Rounds of every throughput measurement, interleaved; each figure is the
+/// best round, which on a shared machine is the least disturbed one.
+const ROUNDS: usize = 2;
+/// Reads counted for Redis CPU per read.
+const CPU_READS: usize = 20_000;
+/// Writes timed for the invalidation latency.
+const LATENCY_SAMPLES: usize = 200;
 const VALUE: &str = "sk-bench-0123456789abcdef0123456789abcdef0123456789abcdef";
 
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn wait_until(what: &str, ready: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ready() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// Runs `op` from `CONCURRENCY` workers for the warm-up and then the measured
 /// window; returns completed operations per second in the measured window.
@@ -49,11 +48,7 @@ async fn measure<S, F, Fut>(setup: impl Fn() -> Fut + Clone + Send + 'static, op
 where
     S: Send + 'static,
     Fut: std::future::Future<Output = S> + Send,
-    F: Fn(&mut S, usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    F: Fn(&mut S, usize) -> BoxFuture<'_, ()> + Clone + Send + Sync + 'static,
 {
     let counting = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
@@ -87,11 +82,31 @@ where
     ops as f64 / elapsed.as_secs_f64()
 }
 
+/// Runs exactly `count` operations from `CONCURRENCY` workers.
+async fn run_count<S, F, Fut>(setup: impl Fn() -> Fut + Clone + Send + 'static, op: F, count: usize)
+where
+    S: Send + 'static,
+    Fut: std::future::Future<Output = S> + Send,
+    F: Fn(&mut S, usize) -> BoxFuture<'_, ()> + Clone + Send + Sync + 'static,
+{
+    let mut workers = Vec::new();
+    for w in 0..CONCURRENCY {
+        let (setup, op) = (setup.clone(), op.clone());
+        workers.push(tokio::spawn(async move {
+            let mut state = setup().await;
+            for i in (w..count).step_by(CONCURRENCY) {
+                op(&mut state, i % KEYS).await;
+            }
+        }));
+    }
+    for w in workers {
+        w.await.expect("worker");
+    }
+}
+
 fn redis_setup(
     url: String,
-) -> impl Fn() -> std::pin::Pin<
-    Box<dyn std::future::Future<Output = redis::aio::ConnectionManager> + Send>,
-> + Clone {
+) -> impl Fn() -> BoxFuture<'static, redis::aio::ConnectionManager> + Clone {
     move || {
         let url = url.clone();
         Box::pin(async move {
@@ -104,68 +119,224 @@ fn redis_setup(
     }
 }
 
-fn sidecar_setup(
-    socket: &Path,
-) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Connection> + Send>> + Clone {
+fn socket_setup(socket: &Path) -> impl Fn() -> BoxFuture<'static, Connection> + Clone {
     let socket = socket.to_owned();
     move || {
         let socket = socket.clone();
-        Box::pin(async move { Connection::open(&socket).await.expect("sidecar connection") })
+        Box::pin(async move { Connection::open(&socket).await.expect("socket connection") })
     }
 }
 
-fn main() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let port = free_port();
-    let _redis = Guard(
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed"),
-    );
-    let url = format!("redis://127.0.0.1:{port}/");
-    wait_until("redis", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+fn sidecar_get(conn: &mut Connection, k: usize) -> BoxFuture<'_, ()> {
+    Box::pin(async move {
+        let reply = conn
+            .send(Method::GET, &format!("/v1/secrets/bench/k{k}"), None)
+            .await
+            .expect("GET");
+        assert_eq!(reply.status, 200);
+    })
+}
 
-    let socket = dir.path().join("agentvault.sock");
-    let mut sidecar = Command::new(env!("CARGO_BIN_EXE_agentvault"));
-    sidecar
-        .args([
-            "dev",
-            "--metrics-addr",
-            "off",
-            "--redis-url",
-            &url,
-            // One caller drives the load: measure serving, not the limiter.
-            "--rate-limit",
-            "0",
-            "--socket",
-        ])
+fn redis_get(conn: &mut redis::aio::ConnectionManager, k: usize) -> BoxFuture<'_, ()> {
+    Box::pin(async move {
+        let v: Option<String> = redis::cmd("GET")
+            .arg(format!("raw:k{k}"))
+            .query_async(conn)
+            .await
+            .expect("GET");
+        assert!(v.is_some());
+    })
+}
+
+/// A bare hyper HTTP/1.1 server on a Unix socket answering every request with
+/// the same body, on its own two-worker runtime (as the sidecar has).
+fn bare_hyper(socket: &Path) {
+    let socket = socket.to_owned();
+    let body = Bytes::from(
+        serde_json::json!({"path": "bench/k0", "value": VALUE, "version": 1}).to_string(),
+    );
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::UnixListener::bind(&socket).expect("bind bare socket");
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_req| {
+                        let body = body.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                Response::builder()
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(body))
+                                    .expect("response"),
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    });
+}
+
+fn sidecar(
+    dir: &Path,
+    name: &str,
+    url: &str,
+    keyring: &Path,
+    extra: &[&str],
+) -> (Guard, std::path::PathBuf) {
+    let socket = dir.join(format!("{name}.sock"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agentvault"));
+    cmd.args(["dev", "--metrics-addr", "off", "--redis-url", url])
+        // One caller drives the load: measure serving, not the limiter.
+        .args(["--rate-limit", "0", "--expiry-check-interval", "1h"])
+        .args(extra)
+        .arg("--socket")
         .arg(&socket)
+        .arg("--keyring")
+        .arg(keyring)
         .arg("--data-dir")
-        .arg(dir.path().join("data"))
+        .arg(dir.join(name))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null());
     // POLICY_DIR serves with the policies of another directory, to weigh the policy's share.
     if let Some(policies) = std::env::var_os("POLICY_DIR") {
-        sidecar.arg("--policy-dir").arg(policies);
+        cmd.arg("--policy-dir").arg(policies);
     }
-    let _sidecar = Guard(sidecar.spawn().expect("agentvault binary"));
-    wait_until("the sidecar", || {
+    let guard = Guard(cmd.spawn().expect("agentvault binary"));
+    wait_until(name, || {
         std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    });
+    (guard, socket)
+}
+
+/// `INFO commandstats` as (calls, usec) per command, and the server's CPU seconds.
+fn redis_stats(redis: &mut redis::Connection) -> (BTreeMap<String, (u64, u64)>, f64) {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(redis)
+        .expect("INFO");
+    let commands = info
+        .lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |f: &str| {
+                stats
+                    .split(',')
+                    .find_map(|s| s.strip_prefix(f)?.parse::<u64>().ok())
+            };
+            Some((name.to_owned(), (field("calls=")?, field("usec=")?)))
+        })
+        .collect();
+    let cpu: String = redis::cmd("INFO").arg("cpu").query(redis).expect("INFO");
+    let seconds = cpu
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k == "used_cpu_sys" || k == "used_cpu_user").then(|| v.trim().parse::<f64>().ok())?
+        })
+        .sum();
+    (commands, seconds)
+}
+
+/// Redis cost of `CPU_READS` reads run by `reads`: command CPU and process CPU
+/// per read (µs), and the commands per read.
+async fn redis_cost(
+    redis: &mut redis::Connection,
+    audited: bool,
+    reads: impl std::future::Future<Output = ()>,
+) -> (f64, f64, String) {
+    // Events ever appended (the stream itself is trimmed to audit.max_len).
+    let audit_len = |redis: &mut redis::Connection| -> u64 {
+        let info: BTreeMap<String, redis::Value> = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg("av:{dev}:audit")
+            .query(redis)
+            .unwrap_or_default();
+        match info.get("entries-added") {
+            Some(redis::Value::Int(n)) => *n as u64,
+            _ => 0,
+        }
+    };
+    let settle = |redis: &mut redis::Connection| {
+        let mut last = audit_len(redis);
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = audit_len(redis);
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    };
+    let before_events = settle(redis);
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(redis)
+        .expect("RESETSTAT");
+    let (_, cpu_before) = redis_stats(redis);
+    reads.await;
+    if audited {
+        while audit_len(redis) < before_events + CPU_READS as u64 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let (commands, cpu_after) = redis_stats(redis);
+    let ours = |name: &str| matches!(name, "info" | "config|resetstat" | "xinfo|stream");
+    let usec: u64 = commands
+        .iter()
+        .filter(|(n, _)| !ours(n))
+        .map(|(_, (_, usec))| usec)
+        .sum();
+    let per_read = commands
+        .iter()
+        .filter(|(n, _)| !ours(n))
+        .map(|(n, (calls, _))| format!("{n} {:.2}", *calls as f64 / CPU_READS as f64))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (
+        usec as f64 / CPU_READS as f64,
+        (cpu_after - cpu_before) * 1e6 / CPU_READS as f64,
+        per_read,
+    )
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn main() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let redis = Redis::start(&dir.path().join("redis"));
+    let url = redis.url();
+
+    // Two sidecars of one agent on one Redis and keyring: B caches (the
+    // default), A does not. A writes, B reads.
+    let keyring = dir.path().join("keyring.json");
+    let (_warm, warm_socket) = sidecar(dir.path(), "warm", &url, &keyring, &[]);
+    let (_cold, cold_socket) = sidecar(
+        dir.path(),
+        "cold",
+        &url,
+        &keyring,
+        &["--cache-max-entries", "0"],
+    );
+    let bare_socket = dir.path().join("bare.sock");
+    bare_hyper(&bare_socket);
+    wait_until("the bare server", || {
+        std::os::unix::net::UnixStream::connect(&bare_socket).is_ok()
     });
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -173,7 +344,7 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let mut seed = Connection::open(&socket).await.expect("connect");
+        let mut seed = Connection::open(&cold_socket).await.expect("connect");
         let mut raw = redis::Client::open(url.as_str()).unwrap().get_connection_manager().await.unwrap();
         let body = serde_json::json!({ "value": VALUE }).to_string().into_bytes();
         for k in 0..KEYS {
@@ -182,47 +353,102 @@ fn main() {
             let _: () = redis::cmd("SET").arg(format!("raw:k{k}")).arg(VALUE).query_async(&mut raw).await.unwrap();
         }
 
-        let redis_get = measure(redis_setup(url.clone()), |conn, k| {
-            Box::pin(async move {
-                let v: Option<String> = redis::cmd("GET").arg(format!("raw:k{k}")).query_async(conn).await.unwrap();
-                assert!(v.is_some());
+        let mut best: BTreeMap<&str, f64> = BTreeMap::new();
+        let mut keep = |name: &'static str, ops: f64| {
+            let slot = best.entry(name).or_insert(0.0);
+            *slot = slot.max(ops);
+        };
+        for _ in 0..ROUNDS {
+            keep("raw Redis GET", measure(redis_setup(url.clone()), redis_get).await);
+            keep("bare hyper, fixed body", measure(socket_setup(&bare_socket), |conn: &mut Connection, _| {
+                Box::pin(async move {
+                    let reply = conn.send(Method::GET, "/v1/secrets/bench/k0", None).await.expect("GET");
+                    assert_eq!(reply.status, 200);
+                })
             })
-        })
-        .await;
-        let sidecar_get = measure(sidecar_setup(&socket), |conn, k| {
-            Box::pin(async move {
-                let reply = conn.send(Method::GET, &format!("/v1/secrets/bench/k{k}"), None).await.unwrap();
-                assert_eq!(reply.status, 200);
+            .await);
+            keep("sidecar GET, warm", measure(socket_setup(&warm_socket), sidecar_get).await);
+            keep("sidecar GET, cold", measure(socket_setup(&cold_socket), sidecar_get).await);
+            keep("raw Redis SET", measure(redis_setup(url.clone()), |conn: &mut redis::aio::ConnectionManager, k| {
+                Box::pin(async move {
+                    let _: () = redis::cmd("SET").arg(format!("raw:k{k}")).arg(VALUE).query_async(conn).await.unwrap();
+                })
             })
-        })
-        .await;
-        let redis_set = measure(redis_setup(url.clone()), |conn, k| {
-            Box::pin(async move {
-                let _: () = redis::cmd("SET").arg(format!("raw:k{k}")).arg(VALUE).query_async(conn).await.unwrap();
+            .await);
+            let put_body = Arc::new(body.clone());
+            keep("sidecar PUT", measure(socket_setup(&warm_socket), move |conn: &mut Connection, k| {
+                let body = put_body.clone();
+                Box::pin(async move {
+                    let reply = conn.send(Method::PUT, &format!("/v1/secrets/bench/k{k}"), Some(body.to_vec())).await.unwrap();
+                    assert_eq!(reply.status, 200);
+                })
             })
-        })
-        .await;
-        let put_body = Arc::new(body);
-        let sidecar_put = measure(sidecar_setup(&socket), move |conn, k| {
-            let body = put_body.clone();
-            Box::pin(async move {
-                let reply = conn.send(Method::PUT, &format!("/v1/secrets/bench/k{k}"), Some(body.to_vec())).await.unwrap();
-                assert_eq!(reply.status, 200);
-            })
-        })
-        .await;
-
-        println!("agentvault throughput, {CONCURRENCY} concurrent connections, {KEYS} keys, {}-byte value", VALUE.len());
-        println!("{:<28}{:>14}", "operation", "ops/s");
-        for (name, ops) in [
-            ("raw Redis GET", redis_get),
-            ("sidecar GET /v1/secrets", sidecar_get),
-            ("raw Redis SET", redis_set),
-            ("sidecar PUT /v1/secrets", sidecar_put),
-        ] {
-            println!("{name:<28}{ops:>14.0}");
+            .await);
         }
-        println!("ratio GET sidecar/raw: {:.1}%", 100.0 * sidecar_get / redis_get);
-        println!("ratio PUT sidecar/raw SET: {:.1}%", 100.0 * sidecar_put / redis_set);
+        let raw_get = best["raw Redis GET"];
+        let bare = best["bare hyper, fixed body"];
+        let raw_set = best["raw Redis SET"];
+        println!(
+            "agentvault throughput: {CONCURRENCY} concurrent connections, {KEYS} keys, {}-byte value, best of {ROUNDS} rounds of {}s",
+            VALUE.len(),
+            MEASURE.as_secs()
+        );
+        println!("{:<26}{:>12}{:>14}{:>16}{:>14}", "operation", "ops/s", "vs Redis GET", "vs bare hyper", "vs Redis SET");
+        for name in ["raw Redis GET", "bare hyper, fixed body", "sidecar GET, warm", "sidecar GET, cold", "raw Redis SET", "sidecar PUT"] {
+            let ops = best[name];
+            println!(
+                "{name:<26}{ops:>12.0}{:>13.2}x{:>15.2}x{:>13.2}x",
+                ops / raw_get,
+                ops / bare,
+                ops / raw_set
+            );
+        }
+
+        // Redis's cost per read, warm (cache on) and cold, audited alike.
+        let mut redis = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
+        println!();
+        println!("Redis CPU per read ({CPU_READS} reads, {CONCURRENCY} connections, audit appends included)");
+        println!("{:<20}{:>16}{:>16}  commands per read", "read", "command µs", "process µs");
+        for (name, socket) in [("sidecar GET, warm", &warm_socket), ("sidecar GET, cold", &cold_socket)] {
+            let (command_us, process_us, per_read) =
+                redis_cost(&mut redis, true, run_count(socket_setup(socket), sidecar_get, CPU_READS)).await;
+            println!("{name:<20}{command_us:>16.2}{process_us:>16.2}  {per_read}");
+        }
+        let (command_us, process_us, per_read) =
+            redis_cost(&mut redis, false, run_count(redis_setup(url.clone()), redis_get, CPU_READS)).await;
+        println!("{:<20}{command_us:>16.2}{process_us:>16.2}  {per_read}", "raw Redis GET");
+
+        // Invalidation latency: A's PUT returns; B had the old value cached; how
+        // long until B answers the new one.
+        let mut writer = Connection::open(&cold_socket).await.expect("connect");
+        let mut reader = Connection::open(&warm_socket).await.expect("connect");
+        let mut samples = Vec::with_capacity(LATENCY_SAMPLES);
+        for n in 0..LATENCY_SAMPLES {
+            let value = format!("v{n}");
+            // Warm B with the current value.
+            for _ in 0..2 {
+                reader.send(Method::GET, "/v1/secrets/bench/latency", None).await.unwrap();
+            }
+            let body = serde_json::json!({ "value": value }).to_string().into_bytes();
+            let reply = writer.send(Method::PUT, "/v1/secrets/bench/latency", Some(body)).await.unwrap();
+            assert_eq!(reply.status, 200);
+            let written = Instant::now();
+            loop {
+                let reply = reader.send(Method::GET, "/v1/secrets/bench/latency", None).await.unwrap();
+                if reply.json()["value"] == value.as_str() {
+                    samples.push(written.elapsed());
+                    break;
+                }
+                assert!(written.elapsed() < Duration::from_secs(5), "B never saw the write");
+            }
+        }
+        samples.sort();
+        println!();
+        println!(
+            "invalidation: A's PUT returned → B answers the new value ({LATENCY_SAMPLES} writes): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            percentile(&samples, 0.5).as_secs_f64() * 1e3,
+            percentile(&samples, 0.99).as_secs_f64() * 1e3,
+            samples.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        );
     });
 }

@@ -27,10 +27,10 @@ decision := {"allow": true, "reasons": [secret_ground]} if {
 	count(approve_grounds) > 0
 } else := {"allow": false, "reasons": ["role may not approve"]} if {
 	input.action == "approve"
-} else := {"allow": true, "reasons": sort(audit_grounds)} if {
+} else := {"allow": true, "reasons": [audit_ground]} if {
 	input.action == "audit"
-	count(audit_grounds) > 0
-} else := {"allow": false, "reasons": ["only the agent or an auditor may read audit"]} if {
+	is_string(audit_ground)
+} else := {"allow": false, "reasons": [audit_denial]} if {
 	input.action == "audit"
 } else := {"allow": false, "reasons": [sprintf("no rule allows %s", [input.action])]} if {
 	is_string(input.action)
@@ -197,8 +197,54 @@ approve_grounds contains sprintf("role %s may approve", [input.subject.role]) if
 
 # ---- rule 6: audit --------------------------------------------------------
 
-audit_grounds contains "the agent-level identity may read audit" if input.subject.role == null
-
-audit_grounds contains sprintf("role %s may read audit", [input.subject.role]) if {
+# The audit log is scoped like the secrets it is about. The vault asks once
+# without an event (does the caller see the whole tenant?) and, when not,
+# once per event, with input.event (its caller, kind and action) and, as
+# input.resource, the secret the event is about as it is now (a missing
+# resource for events about no secret, or about one deleted since).
+#
+# An auditor role sees the tenant; any other caller its own events and the
+# events about secrets it may read (rules 1, 2 and 3 for read), so the audit
+# log never names a path that `ls` hides from it.
+audit_ground := sprintf("role %s audits the tenant", [input.subject.role]) if {
 	input.subject.role in data.agentvault.config.auditor_roles
+} else := "the caller's own event" if {
+	input.event.caller == input.subject.spiffe_id
+} else := "an event about a secret the caller may read" if {
+	audit_event
+	may_read
 }
+
+audit_denial := "only an auditor role sees the whole tenant's audit" if {
+	not audit_event
+}
+
+audit_denial := "an event of another caller about a secret the caller may not read" if audit_event
+
+audit_event if is_object(input.event)
+
+# Whether the caller may read input.resource: rule 1 (its agent's unscoped
+# secrets, its role's scoped ones), rule 3 (a read token covering it), rule 2
+# (a grant of the secret's owner).
+may_read if {
+	input.resource.exists == true
+	input.resource.owner == input.subject.agent_id
+	owner_scope_allows_read
+}
+
+may_read if {
+	input.token.action == "read"
+	input.resource.exists == true
+	covers(input.token.pattern, input.resource.path)
+	token_reaches
+}
+
+may_read if {
+	input.resource.exists == true
+	input.resource.owner != input.subject.agent_id
+	count(covering_grants) > 0
+}
+
+owner_scope_allows_read if input.resource.owner_scope == null
+
+owner_scope_allows_read if input.subject.role == input.resource.owner_scope

@@ -309,19 +309,50 @@ test_approver_roles_come_from_config if {
 
 # ---- rule 6: audit ----------------------------------------------------------
 
-test_agent_level_and_auditor_may_audit if {
-	decide(req(null, "audit", missing("audit"))) == {"allow": true, "reasons": ["the agent-level identity may read audit"]}
-	decide(req("auditor", "audit", missing("audit"))) == {"allow": true, "reasons": ["role auditor may read audit"]}
-}
-
-test_other_roles_may_not_audit if {
-	denied_for(req("writer", "audit", missing("audit")), ["only the agent or an auditor may read audit"])
+# Whether the caller sees the whole tenant: only an auditor role does.
+test_only_auditors_see_the_whole_tenant if {
+	decide(req("auditor", "audit", missing("audit"))) == {"allow": true, "reasons": ["role auditor audits the tenant"]}
+	denied_for(req(null, "audit", missing("audit")), ["only an auditor role sees the whole tenant's audit"])
+	denied_for(req("writer", "audit", missing("audit")), ["only an auditor role sees the whole tenant's audit"])
 }
 
 test_auditor_roles_come_from_config if {
 	c := {"approver_roles": [], "auditor_roles": ["sec"]}
 	decide_cfg(req("sec", "audit", missing("audit")), c).allow == true
 	decide_cfg(req("auditor", "audit", missing("audit")), c).allow == false
+}
+
+# An audit event as the vault asks about it: who acted, and the secret it is about.
+event_of(r, caller) := object.union(r, {"event": {"caller": caller, "kind": "vault.accessed", "action": "read"}})
+
+test_a_caller_sees_its_own_events if {
+	r := event_of(req("writer", "audit", secret("prod/x", other, null)), me)
+	decide(r) == {"allow": true, "reasons": ["the caller's own event"]}
+}
+
+test_a_caller_sees_events_about_secrets_it_may_read if {
+	decide(event_of(req(null, "audit", secret("prod/x", me, null)), other)) == {"allow": true, "reasons": ["an event about a secret the caller may read"]}
+	decide(event_of(req("writer", "audit", secret("prod/x", me, "writer")), other)).allow == true
+	g := with_grants(req(null, "audit", secret("prod/x", other, null)), [{"agent_id": me, "path": "prod/*", "role": null}])
+	decide(event_of(g, other)).allow == true
+}
+
+test_a_caller_does_not_see_others_events_about_what_it_may_not_read if {
+	reason := ["an event of another caller about a secret the caller may not read"]
+	denied_for(event_of(req(null, "audit", secret("prod/x", other, null)), other), reason)
+	denied_for(event_of(req(null, "audit", secret("prod/x", me, "writer")), sprintf("%s/writer", [me])), reason)
+	denied_for(event_of(req("reader", "audit", secret("prod/x", me, "writer")), other), reason)
+	denied_for(event_of(req(null, "audit", missing("prod/gone")), other), reason)
+}
+
+test_a_read_token_shows_events_about_what_it_covers if {
+	r := event_of(req("writer", "audit", secret("prod/x", other, null)), other)
+	decide(with_token(r, "read", "prod/*")).allow == true
+	denied_for(with_token(r, "write", "prod/*"), ["an event of another caller about a secret the caller may not read"])
+}
+
+test_the_auditor_sees_every_event if {
+	decide(event_of(req("auditor", "audit", secret("prod/x", other, "ops")), other)).allow == true
 }
 
 # ---- default deny -----------------------------------------------------------
@@ -348,5 +379,5 @@ test_write_token_allows_a_new_path if {
 
 test_token_does_not_help_approve_or_audit if {
 	denied_for(with_token(req("writer", "approve", missing("approvals")), "read", "approvals"), ["role may not approve"])
-	denied_for(with_token(req("writer", "audit", missing("audit")), "read", "audit"), ["only the agent or an auditor may read audit"])
+	denied_for(with_token(req("writer", "audit", missing("audit")), "read", "audit"), ["only an auditor role sees the whole tenant's audit"])
 }

@@ -12,145 +12,43 @@
 //! `fail_closed`, operations that change state or disclose a critical secret
 //! refuse to run (`unavailable`) while the store refuses events, and a
 //! critical read is answered only once its event is stored.
+//!
+//! Audit streams (SSE) of the tenant share one follower of the store per
+//! sidecar, fanned out in process ([`fanout`]), up to `max_streams` at once.
+
+mod fanout;
+
+pub use self::fanout::{Batch, Subscription, TooManyStreams};
 
 use std::collections::VecDeque;
-use std::fmt;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use chrono::Utc;
 use tokio::sync::oneshot;
 
 use crate::identity::Caller;
-use crate::store::{AuditFollower, Store, StoreError};
+pub use crate::model::audit::{AuditEntry, AuditEvent, AuditId, EventKind};
+use crate::model::Tier;
+use crate::store::{Store, StoreError};
 
 /// Default number of events a tenant's stream keeps (approximately).
 pub const DEFAULT_MAX_LEN: usize = 100_000;
 /// Default number of events held in memory while the store cannot take them.
 pub const DEFAULT_BUFFER: usize = 10_000;
-/// How often buffered events are retried.
-pub const RETRY_INTERVAL: Duration = Duration::from_millis(500);
+/// The longest pause between retries of buffered events; the first retry
+/// comes after [`FIRST_RETRY`], doubling from there, so that writes and strict
+/// reads (refused while events wait) recover as soon as the store does.
+pub const RETRY_INTERVAL: Duration = Duration::from_millis(50);
+const FIRST_RETRY: Duration = Duration::from_millis(5);
 /// Most events one read returns.
-pub const MAX_READ: usize = 1000;
+pub const MAX_READ: usize = fanout::MAX_BATCH;
+/// Default number of audit streams (SSE) a sidecar serves a tenant at once.
+pub const DEFAULT_MAX_STREAMS: usize = 64;
 
-/// What happened. The names are the contract of the audit stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EventKind {
-    /// A secret (or its metadata or version list) was read.
-    Accessed,
-    /// A request was refused: by the policy, for its credentials, or because
-    /// the audit sink was down under `fail_closed`.
-    Denied,
-    Written,
-    Updated,
-    RolledBack,
-    Rotated,
-    Deleted,
-    Listed,
-    Imported,
-    GrantCreated,
-    GrantRevoked,
-    TokenIssued,
-    Approval,
-    /// The audit log itself was read or followed.
-    AuditRead,
-}
-
-impl EventKind {
-    pub const ALL: [EventKind; 14] = [
-        Self::Accessed,
-        Self::Denied,
-        Self::Written,
-        Self::Updated,
-        Self::RolledBack,
-        Self::Rotated,
-        Self::Deleted,
-        Self::Listed,
-        Self::Imported,
-        Self::GrantCreated,
-        Self::GrantRevoked,
-        Self::TokenIssued,
-        Self::Approval,
-        Self::AuditRead,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Accessed => "vault.accessed",
-            Self::Denied => "vault.denied",
-            Self::Written => "vault.written",
-            Self::Updated => "vault.updated",
-            Self::RolledBack => "vault.rolled_back",
-            Self::Rotated => "vault.rotated",
-            Self::Deleted => "vault.deleted",
-            Self::Listed => "vault.listed",
-            Self::Imported => "vault.imported",
-            Self::GrantCreated => "vault.grant_created",
-            Self::GrantRevoked => "vault.grant_revoked",
-            Self::TokenIssued => "vault.token_issued",
-            Self::Approval => "vault.approval",
-            Self::AuditRead => "vault.audit_read",
-        }
-    }
-}
-
-impl fmt::Display for EventKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for EventKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown audit event `{s}`"))
-    }
-}
-
-impl Serialize for EventKind {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for EventKind {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// One audit event. Every field is an identifier, a path, a number, a
-/// contract code or a policy reason; there is deliberately no field for a
-/// value, a token or free text from a request body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditEvent {
-    pub ts: DateTime<Utc>,
-    pub event: EventKind,
-    /// The caller's effective SPIFFE ID (`…/<agent>[/<role>]`).
-    pub spiffe_id: String,
-    pub role: Option<String>,
-    pub uid: Option<u32>,
-    pub pid: Option<i32>,
-    /// The policy action (`read`, `write`, …); `null` when refused before one was known.
-    pub action: Option<String>,
-    /// The secret path, prefix, namespace, grant pattern or token scope.
-    pub path: Option<String>,
-    pub version: Option<u64>,
-    /// `ok`, or the contract error code the caller got.
-    pub outcome: String,
-    pub reasons: Vec<String>,
-    pub request_id: Option<String>,
-}
-
+/// Events are made from a [`Caller`] here, above the vocabulary, which
+/// knows nothing of callers; the constructor copies no bearer token.
 impl AuditEvent {
     /// A successful `kind` by `caller`.
     pub fn new(kind: EventKind, caller: &Caller) -> Self {
@@ -167,85 +65,9 @@ impl AuditEvent {
             outcome: "ok".to_owned(),
             reasons: Vec::new(),
             request_id: caller.request_id.clone(),
+            injected: Vec::new(),
         }
     }
-
-    pub fn action(mut self, action: &str) -> Self {
-        self.action = Some(action.to_owned());
-        self
-    }
-
-    pub fn path(mut self, path: &str) -> Self {
-        self.path = Some(path.to_owned());
-        self
-    }
-
-    pub fn version(mut self, version: Option<u64>) -> Self {
-        self.version = version;
-        self
-    }
-
-    /// A refusal with the contract code the caller got and why.
-    pub fn refused(mut self, outcome: &str, reasons: Vec<String>) -> Self {
-        self.event = EventKind::Denied;
-        self.outcome = outcome.to_owned();
-        self.reasons = reasons;
-        self
-    }
-}
-
-/// A position in a tenant's audit stream, `<millis>-<seq>` as Redis stream
-/// ids are. Ids only grow, so a follower resumes after the last one it saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct AuditId {
-    pub ms: u64,
-    pub seq: u64,
-}
-
-impl AuditId {
-    /// Before every event: following from here replays the whole stream.
-    pub const START: AuditId = AuditId { ms: 0, seq: 0 };
-}
-
-impl fmt::Display for AuditId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.ms, self.seq)
-    }
-}
-
-impl FromStr for AuditId {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("`{s}` is not an audit event id (<millis>-<seq>)");
-        let (ms, seq) = s.trim().split_once('-').ok_or_else(bad)?;
-        Ok(Self {
-            ms: ms.parse().map_err(|_| bad())?,
-            seq: seq.parse().map_err(|_| bad())?,
-        })
-    }
-}
-
-impl Serialize for AuditId {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for AuditId {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// A stored event with its id in the stream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditEntry {
-    pub id: AuditId,
-    #[serde(flatten)]
-    pub event: AuditEvent,
 }
 
 /// Hooks for counting what the domain does, so that the domain needs no
@@ -276,6 +98,12 @@ pub struct AuditSettings {
     pub fail_closed: bool,
     /// Events kept in memory while the store is down; the oldest go first.
     pub buffer: usize,
+    /// Reads of secrets of this tier or above are answered only once their
+    /// event is stored (a group-committed batch); `None`: no read waits.
+    /// Applies under `fail_closed`.
+    pub strict_reads: Option<Tier>,
+    /// Audit streams (SSE) open at once; one more answers 503.
+    pub max_streams: usize,
 }
 
 impl Default for AuditSettings {
@@ -284,6 +112,8 @@ impl Default for AuditSettings {
             max_len: DEFAULT_MAX_LEN,
             fail_closed: true,
             buffer: DEFAULT_BUFFER,
+            strict_reads: Some(Tier::Critical),
+            max_streams: DEFAULT_MAX_STREAMS,
         }
     }
 }
@@ -325,6 +155,8 @@ struct Inner {
     wake: tokio::sync::Notify,
     /// Set when the store refused a batch; cleared when one is stored.
     failing: AtomicBool,
+    /// The one follower every open audit stream shares.
+    fanout: Arc<fanout::Fanout>,
 }
 
 /// Events logged but not stored yet, oldest first. Only the writer removes
@@ -353,13 +185,14 @@ impl Auditor {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                store,
+                store: store.clone(),
                 tenant: tenant.to_owned(),
                 settings,
                 telemetry,
                 queue: Mutex::new(Queue::default()),
                 wake: tokio::sync::Notify::new(),
                 failing: AtomicBool::new(false),
+                fanout: fanout::Fanout::new(store.clone(), tenant, settings.max_streams),
             }),
         }
     }
@@ -467,9 +300,20 @@ impl Auditor {
         self.inner.wake.notify_one();
     }
 
+    /// Logs and counts an event the store has appended already, in the same
+    /// atomic step as the change it records (a write's), so it is not queued.
+    pub fn committed(&self, event: &AuditEvent) {
+        self.mirror(event);
+    }
+
     /// The JSON line on the log, and the count.
     fn mirror(&self, event: &AuditEvent) {
         self.inner.telemetry.audit_event(event.event);
+        // Encoding is most of a warm read's audit cost: skip it when the line
+        // would be filtered out anyway.
+        if !tracing::enabled!(target: "audit", tracing::Level::INFO) {
+            return;
+        }
         match serde_json::to_string(event) {
             Ok(line) => tracing::info!(target: "audit", "{line}"),
             Err(e) => tracing::error!(target: "audit", error = %e, "unencodable audit event"),
@@ -477,8 +321,10 @@ impl Auditor {
     }
 
     /// Stores queued events in batches, oldest first, until the task is
-    /// dropped; while the store refuses them, tries again every `retry`.
+    /// dropped; while the store refuses them, tries again after a pause that
+    /// doubles from [`FIRST_RETRY`] up to `retry`.
     pub async fn run(self, retry: Duration) {
+        let mut pause = FIRST_RETRY.min(retry);
         loop {
             let (batch, mut waiters) = {
                 let mut queue = self.queue();
@@ -501,6 +347,9 @@ impl Auditor {
             };
             if batch.is_empty() {
                 self.inner.wake.notified().await;
+                // Under load, the requests already running push their events
+                // within this yield: one append then carries them all.
+                tokio::task::yield_now().await;
                 continue;
             }
             let appended = self
@@ -510,6 +359,7 @@ impl Auditor {
                 .await;
             match appended {
                 Ok(_) => {
+                    pause = FIRST_RETRY.min(retry);
                     let was_failing = self.inner.failing.swap(false, Ordering::AcqRel);
                     let waiting = {
                         let mut queue = self.queue();
@@ -548,7 +398,8 @@ impl Auditor {
                     for (_, tx) in waiters.drain(..) {
                         let _ = tx.send(Err(e.to_string()));
                     }
-                    tokio::time::sleep(retry).await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(retry);
                 }
             }
         }
@@ -573,9 +424,23 @@ impl Auditor {
         }
     }
 
-    /// A reader that waits for events after an id.
-    pub async fn follower(&self) -> Result<Box<dyn AuditFollower>, StoreError> {
-        self.inner.store.audit_follower(&self.inner.tenant).await
+    /// A place among the tenant's open audit streams: every batch of events
+    /// the shared follower reads from now on, unless `max_streams` are open.
+    pub fn subscribe(&self) -> Result<Subscription, TooManyStreams> {
+        self.inner.fanout.subscribe()
+    }
+
+    /// Audit streams open now.
+    pub fn streams(&self) -> usize {
+        self.inner.fanout.streams()
+    }
+
+    /// Up to `limit` events after `after`, oldest first, without waiting.
+    pub async fn after(&self, after: AuditId, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.inner
+            .store
+            .audit_after(&self.inner.tenant, after, limit)
+            .await
     }
 }
 
@@ -630,7 +495,12 @@ mod tests {
     fn event_names_round_trip() {
         for kind in EventKind::ALL {
             assert_eq!(kind.as_str().parse::<EventKind>(), Ok(kind));
-            assert!(kind.as_str().starts_with("vault."));
+            let front = if kind == EventKind::EnvoyCheck {
+                "envoy."
+            } else {
+                "vault."
+            };
+            assert!(kind.as_str().starts_with(front), "{kind}");
         }
         assert!("vault.nope".parse::<EventKind>().is_err());
     }

@@ -1,5 +1,6 @@
 //! A small HTTP/1.1 client for the sidecar's Unix socket, used by the CLI
-//! commands, the tests and the benchmarks.
+//! commands, the tests and the benchmarks; and a gRPC channel over a Unix
+//! socket for the Envoy socket's and the Workload API's clients.
 
 use std::path::{Path, PathBuf};
 
@@ -82,10 +83,25 @@ impl Connection {
         uri: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Reply, ClientError> {
+        self.send_with(token, method, uri, body, &[]).await
+    }
+
+    /// [`Self::send_as`] with extra request headers.
+    pub async fn send_with(
+        &mut self,
+        token: Option<&str>,
+        method: Method,
+        uri: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, ClientError> {
         let mut builder = Request::builder()
             .method(method)
             .uri(uri)
             .header(HOST, "agentvault");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
         if let Some(token) = token {
             builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }
@@ -198,6 +214,9 @@ pub fn parse_sse_block(block: &[u8]) -> Option<SseEvent> {
     data.map(|data| SseEvent { id, data })
 }
 
+/// How many times [`Client::write`] sends one write at most.
+pub const WRITE_ATTEMPTS: u32 = 3;
+
 /// Opens a connection per request: the simple choice for a CLI.
 #[derive(Clone)]
 pub struct Client {
@@ -242,6 +261,54 @@ impl Client {
             .await?
             .send_as(self.token.as_deref(), method, uri, body)
             .await
+    }
+
+    /// [`Self::request`] with extra request headers.
+    pub async fn request_with(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, ClientError> {
+        Connection::open(&self.socket)
+            .await?
+            .send_with(self.token.as_deref(), method, uri, body, headers)
+            .await
+    }
+
+    /// Sends a write under one new `Idempotency-Key` and, when the sidecar
+    /// answers 503 or the connection fails, sends it again under the same key
+    /// (up to [`WRITE_ATTEMPTS`] times in all, backing off): for the writes
+    /// the sidecar deduplicates ([`deduplicated`]) a retry then never writes
+    /// twice. Other writes (grants, tokens, approvals) are sent once, with a key.
+    pub async fn write(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Reply, ClientError> {
+        let key = uuid::Uuid::new_v4().to_string();
+        let headers = [("idempotency-key", key.as_str())];
+        let retryable = deduplicated(&method, uri);
+        let mut backoff = std::time::Duration::from_millis(100);
+        let mut attempt = 1;
+        loop {
+            let sent = self
+                .request_with(method.clone(), uri, body.clone(), &headers)
+                .await;
+            let again = match &sent {
+                Ok(reply) => reply.status == 503,
+                Err(ClientError::Connect { .. }) => false,
+                Err(_) => true,
+            };
+            if !retryable || !again || attempt == WRITE_ATTEMPTS {
+                return sent;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff *= 3;
+            attempt += 1;
+        }
     }
 
     /// Sends a GET and hands back the response before its body is read, for
@@ -300,9 +367,62 @@ impl Client {
     }
 }
 
+/// A gRPC (HTTP/2) channel to a Unix socket; every connection it makes
+/// goes to `socket`.
+pub async fn grpc_channel(
+    socket: &Path,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let socket = socket.to_owned();
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let socket = socket.clone();
+            async move { UnixStream::connect(socket).await.map(TokioIo::new) }
+        }))
+        .await
+}
+
+/// Whether the sidecar answers this write at most once per
+/// `Idempotency-Key` (README, "Safe retries"), so that it is safe to send
+/// again under the same key.
+fn deduplicated(method: &Method, uri: &str) -> bool {
+    let path = uri.split('?').next().unwrap_or(uri);
+    match *method {
+        Method::PUT | Method::PATCH | Method::DELETE => path.starts_with("/v1/secrets/"),
+        Method::POST => {
+            path.starts_with("/v1/rollback/")
+                || path.starts_with("/v1/rotate/")
+                || path == "/v1/import"
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_writes_the_sidecar_deduplicates_are_the_ones_retried() {
+        for (method, uri) in [
+            (Method::PUT, "/v1/secrets/a/b"),
+            (Method::PATCH, "/v1/secrets/a/b"),
+            (Method::DELETE, "/v1/secrets/a/b"),
+            (Method::POST, "/v1/rollback/a/b"),
+            (Method::POST, "/v1/rotate/a/b"),
+            (Method::POST, "/v1/import"),
+        ] {
+            assert!(deduplicated(&method, uri), "{method} {uri}");
+        }
+        for (method, uri) in [
+            (Method::POST, "/v1/grants"),
+            (Method::DELETE, "/v1/grants/g1"),
+            (Method::POST, "/v1/tokens"),
+            (Method::POST, "/v1/approvals/a1/approve"),
+            (Method::POST, "/v1/secrets/a/b"),
+        ] {
+            assert!(!deduplicated(&method, uri), "{method} {uri}");
+        }
+    }
 
     #[test]
     fn sse_blocks_parse_and_comments_are_skipped() {

@@ -134,6 +134,23 @@ pub struct RoleRule {
     pub matcher: RoleMatcher,
 }
 
+/// The `NAME=uid:N|gid:N|exe:/path` form [`FromStr`] reads.
+impl fmt::Display for RoleRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.role, self.matcher)
+    }
+}
+
+impl fmt::Display for RoleMatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Uid(n) => write!(f, "uid:{n}"),
+            Self::Gid(n) => write!(f, "gid:{n}"),
+            Self::Exe(path) => write!(f, "exe:{}", path.display()),
+        }
+    }
+}
+
 impl FromStr for RoleRule {
     type Err = IdentityError;
 
@@ -224,6 +241,40 @@ impl ProcInfo {
     }
 }
 
+/// What a local caller that no role rule matches may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnmappedCallers {
+    /// It acts as the whole agent: `dev`, `serve` without role rules, or by
+    /// the operator's choice (`--unmapped-callers agent`).
+    Agent,
+    /// It is refused unless it presents a valid bearer token, and then it may
+    /// do only what the token's scope says: the default of `serve` once roles
+    /// are configured, so that a stray process of an unexpected uid cannot
+    /// act as the agent.
+    Refuse,
+}
+
+impl UnmappedCallers {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Agent => "agent",
+            Self::Refuse => "refuse",
+        }
+    }
+}
+
+impl FromStr for UnmappedCallers {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "agent" => Ok(Self::Agent),
+            "refuse" => Ok(Self::Refuse),
+            _ => Err("expected `agent` or `refuse`".to_owned()),
+        }
+    }
+}
+
 /// The process at the other end of a connection: its kernel credentials and
 /// the role they map to, fixed when the connection is accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,6 +303,9 @@ pub struct Caller {
     pub bearer: Option<String>,
     /// The front end's id for the request, carried into audit events and logs.
     pub request_id: Option<String>,
+    /// A caller that no role matched under [`UnmappedCallers::Refuse`]: it
+    /// holds no authority of its own, only its bearer token's.
+    pub token_only: bool,
 }
 
 impl Caller {
@@ -266,7 +320,14 @@ impl Caller {
             cred: peer.cred,
             bearer,
             request_id: None,
+            token_only: false,
         }
+    }
+
+    /// The same caller, with no authority but its bearer token's.
+    pub fn token_only(mut self) -> Self {
+        self.token_only = true;
+        self
     }
 
     /// The same caller, acting in the request with this id.
@@ -284,6 +345,7 @@ impl fmt::Debug for Caller {
             .field("cred", &self.cred)
             .field("bearer", &self.bearer.as_ref().map(|_| "[redacted]"))
             .field("request_id", &self.request_id)
+            .field("token_only", &self.token_only)
             .finish()
     }
 }

@@ -1,6 +1,7 @@
-//! Assembles a sidecar from [`Settings`]: keyring, store, policy, metrics and
-//! the socket, then the vault once the SVID names the workload. Until then
-//! every request answers `unavailable` with the reason.
+//! Assembles a sidecar from [`Settings`]: keyring, store (behind the
+//! sealed-record cache unless it is off), policy, metrics and the socket, then
+//! the vault once the SVID names the workload. Until then every request
+//! answers `unavailable` with the reason.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,16 +11,18 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
-use crate::api::Api;
 use crate::audit::{self, Auditor};
 use crate::config::{IdentitySettings, Settings, StorageSettings};
-use crate::crypto::{CryptoError, Keyring};
+use crate::crypto::{CryptoError, KeyScope, Keyring};
+use crate::envoy::{self, EnvoyAuthz, EnvoySds, EnvoyServer};
 use crate::expiry::Notifier;
 use crate::identity::{IdentityError, WorkloadIdentity};
+use crate::listen::BoundSocket;
 use crate::metrics::{self, Metrics};
 use crate::policy::{PolicyEngine, PolicyError};
-use crate::server::{self, BoundSocket};
-use crate::store::{EmbeddedStore, RedisStore, Store, StoreError};
+use crate::socket::api::Api;
+use crate::socket::server;
+use crate::store::{CachedStore, EmbeddedStore, RedisStore, Store, StoreError};
 use crate::svid::{SvidError, SvidSource, SvidState};
 use crate::vault::{Vault, VaultState, VaultWatch};
 
@@ -32,6 +35,9 @@ const POLICY_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 pub enum StartError {
     #[error(transparent)]
     Keyring(#[from] CryptoError),
+    /// A master keyring opens every tenant's records; `serve` takes one only when told to.
+    #[error("keyring {0} is a master keyring, which can open every tenant's secrets: give serve a tenant keyring (`agentvault keygen --tenant NAME --master FILE OUT`) or pass --allow-master-keyring")]
+    MasterKeyring(PathBuf),
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -46,7 +52,7 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    #[error("metrics address {addr}: {source}")]
+    #[error("metrics address {addr}: {source}; another sidecar on this machine? give each its own --metrics-addr (127.0.0.1:0 picks a free port) or --metrics-addr off")]
     Metrics {
         addr: SocketAddr,
         #[source]
@@ -57,11 +63,14 @@ pub enum StartError {
 /// A started sidecar: everything is bound, nothing is served yet.
 pub struct Sidecar {
     socket: BoundSocket,
+    /// The Envoy ext_authz server, when `envoy.socket` is set.
+    envoy: Option<EnvoyServer>,
     api: Arc<Api>,
     settings: Settings,
     vault: VaultWatch,
     storage: &'static str,
     metrics_addr: Option<SocketAddr>,
+    metrics: Arc<Metrics>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     fatal: oneshot::Receiver<StartError>,
 }
@@ -73,20 +82,46 @@ impl Sidecar {
         } else {
             Keyring::load(&settings.keyring)?
         };
+        if *keyring.scope() == KeyScope::Master && !settings.allow_master_keyring {
+            return Err(StartError::MasterKeyring(settings.keyring.clone()));
+        }
+        // A known identity is checked against the keyring before anything is served.
+        if let IdentitySettings::Fixed(identity) = &settings.identity {
+            keyring.tenant_cipher(&identity.tenant)?;
+        }
         let store: Arc<dyn Store> = match &settings.storage {
             StorageSettings::Embedded(path) => Arc::new(EmbeddedStore::open(path)?),
-            StorageSettings::Redis(target) => Arc::new(RedisStore::new(target.clone())),
+            StorageSettings::Redis(target) => Arc::new(RedisStore::with_security(
+                target.clone(),
+                settings.redis_security.clone(),
+            )),
         };
         let storage = store.kind();
-        let policy = Arc::new(match &settings.policy_dir {
-            Some(dir) => PolicyEngine::load(dir, settings.policy.clone())?,
-            None => PolicyEngine::builtin(settings.policy.clone())?,
+        let metrics = Arc::new(Metrics::new());
+        let cache = settings.cache.enabled().then(|| {
+            Arc::new(CachedStore::new(
+                store.clone(),
+                settings.cache,
+                metrics.clone(),
+            ))
         });
+        let store = cache.clone().map_or(store, |c| c as Arc<dyn Store>);
+        // The Envoy decision rule is compiled beside agentvault's own, and
+        // required only when the Envoy front end is on.
+        let rules = settings
+            .envoy
+            .iter()
+            .map(|e| e.decision_rule.clone())
+            .collect();
+        let policy = Arc::new(PolicyEngine::load_with(
+            settings.policy_dir.as_deref(),
+            settings.policy.clone(),
+            rules,
+        )?);
         let mut tasks = Vec::new();
         if settings.policy_dir.is_some() {
             tasks.push(policy.watch(POLICY_RELOAD_INTERVAL));
         }
-        let metrics = Arc::new(Metrics::new());
         let svids = match &settings.identity {
             IdentitySettings::Fixed(identity) => {
                 SvidSource::self_signed(&identity.spiffe_id, DEV_SVID_TTL)?
@@ -96,8 +131,11 @@ impl Sidecar {
         let (vault_tx, vault) =
             watch::channel(VaultState::Starting("waiting for an X.509-SVID".into()));
         let (fatal_tx, fatal) = oneshot::channel();
+        // The Envoy SDS service follows the same SVID and store changes.
+        let sds_inputs = (svids.clone(), store.clone());
         let assembly = Assembly {
             store,
+            cache,
             keyring,
             policy,
             metrics: metrics.clone(),
@@ -109,6 +147,7 @@ impl Sidecar {
             metrics.clone(),
             settings.max_body_bytes,
             settings.rates,
+            settings.unmapped_callers,
         ));
         let metrics_addr = match settings.metrics_addr {
             Some(addr) => {
@@ -116,7 +155,7 @@ impl Sidecar {
                     .await
                     .map_err(|source| StartError::Metrics { addr, source })?;
                 let bound = listener.local_addr().unwrap_or(addr);
-                tasks.push(tokio::spawn(metrics::serve(listener, metrics)));
+                tasks.push(tokio::spawn(metrics::serve(listener, metrics.clone())));
                 Some(bound)
             }
             None => None,
@@ -127,13 +166,47 @@ impl Sidecar {
                 path: settings.socket.clone(),
                 source,
             })?;
+        let envoy = match &settings.envoy {
+            Some(envoy) => {
+                if !settings
+                    .roles
+                    .rules()
+                    .iter()
+                    .any(|r| r.role == envoy::ENVOY_ROLE)
+                {
+                    tracing::warn!(
+                        "the Envoy socket is on but no rule maps role `envoy` \
+                         (--role envoy=uid:N); every Check will be refused"
+                    );
+                }
+                let bound = BoundSocket::bind(&envoy.socket, settings.socket_mode)
+                    .await
+                    .map_err(|source| StartError::Socket {
+                        path: envoy.socket.clone(),
+                        source,
+                    })?;
+                let authz = EnvoyAuthz::new(vault.clone(), &settings.roles, envoy, metrics.clone());
+                let roles = Arc::new(settings.roles.clone());
+                let (svids, store) = sds_inputs;
+                let sds = EnvoySds::new(vault.clone(), svids, store, metrics.clone());
+                Some(EnvoyServer::new(
+                    bound,
+                    roles,
+                    Arc::new(authz),
+                    Arc::new(sds),
+                ))
+            }
+            None => None,
+        };
         Ok(Self {
             socket,
+            envoy,
             api,
             settings,
             vault,
             storage,
             metrics_addr,
+            metrics,
             tasks,
             fatal,
         })
@@ -141,6 +214,11 @@ impl Sidecar {
 
     pub fn socket_path(&self) -> &std::path::Path {
         self.socket.path()
+    }
+
+    /// The Envoy ext_authz socket, when configured.
+    pub fn envoy_socket_path(&self) -> Option<&std::path::Path> {
+        self.envoy.as_ref().map(EnvoyServer::path)
     }
 
     /// The workload identity, once the vault is ready.
@@ -175,19 +253,33 @@ impl Sidecar {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
         let mut fatal = self.fatal;
         let mut failure = None;
-        let stop = async {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let trigger = async {
             tokio::select! {
                 () = shutdown => {},
                 Ok(e) = &mut fatal => failure = Some(e),
             }
+            stop_tx.send_replace(true);
         };
-        server::serve(
+        let api = server::serve(
             self.socket,
             self.api,
             Arc::new(self.settings.roles.clone()),
-            stop,
-        )
-        .await;
+            self.settings.connections,
+            self.metrics.clone(),
+            stopped(stop_rx.clone()),
+        );
+        let envoy = async {
+            if let Some(envoy) = self.envoy {
+                if let Err(e) = envoy::serve(envoy, stopped(stop_rx.clone())).await {
+                    tracing::error!(error = %e, "the Envoy gRPC server failed");
+                }
+            }
+        };
+        tokio::join!(trigger, api, envoy);
         for task in self.tasks {
             task.abort();
         }
@@ -198,6 +290,8 @@ impl Sidecar {
 /// What the vault is built from once the identity is known.
 struct Assembly {
     store: Arc<dyn Store>,
+    /// The same store as `store`, when it is cached: told the tenant once known.
+    cache: Option<Arc<CachedStore>>,
     keyring: Keyring,
     policy: Arc<PolicyEngine>,
     metrics: Arc<Metrics>,
@@ -232,9 +326,17 @@ impl Assembly {
                 SvidState::Ready(svid) => {
                     self.metrics.svid_expiry(svid.not_after.timestamp());
                     match &identity {
-                        None => match WorkloadIdentity::parse(&svid.spiffe_id, &pattern) {
-                            Ok(id) => {
+                        None => match WorkloadIdentity::parse(&svid.spiffe_id, &pattern)
+                            .map_err(StartError::from)
+                            .and_then(|id| {
+                                let cipher = self.keyring.tenant_cipher(&id.tenant)?;
+                                Ok((id, cipher))
+                            }) {
+                            Ok((id, cipher)) => {
                                 tracing::info!(identity = %id.spiffe_id, not_after = %svid.not_after, "SVID received");
+                                if let Some(cache) = &self.cache {
+                                    cache.watch(&id.tenant);
+                                }
                                 let auditor = Auditor::new(
                                     self.store.clone(),
                                     &id.tenant,
@@ -244,7 +346,7 @@ impl Assembly {
                                 tokio::spawn(auditor.clone().run(audit::RETRY_INTERVAL));
                                 let vault = Vault::new(
                                     self.store.clone(),
-                                    self.keyring.tenant_cipher(&id.tenant),
+                                    cipher,
                                     id.clone(),
                                     self.settings.limits,
                                     self.policy.clone(),
@@ -262,8 +364,8 @@ impl Assembly {
                                 identity = Some(id);
                             }
                             Err(e) => {
-                                tracing::error!(error = %e, "the SVID does not name an agent");
-                                let _ = fatal.send(e.into());
+                                tracing::error!(error = %e, "cannot serve this SVID's workload");
+                                let _ = fatal.send(e);
                                 return;
                             }
                         },

@@ -14,7 +14,8 @@ use hyper::Method;
 use serde_json::{json, Value};
 use support::peers::{as_uid, assert_root, cli_as};
 use support::{
-    assert_denied, assert_error, get, put, put_value, send, RedisServer, Shared, Sidecar,
+    assert_denial_audited, assert_denied, assert_error, assert_hidden, get, put, put_value, send,
+    RedisServer, Shared, Sidecar,
 };
 
 const TD: &str = "dev.local";
@@ -37,6 +38,16 @@ fn assert_invalid(reply: &Reply, field: &str) {
         message.starts_with(&format!("{field}:")),
         "the message should name `{field}`: {message:?}"
     );
+}
+
+/// A sidecar of `agent` on the shared Redis, without the record cache. These
+/// tests are about who may read what right after a grant, revocation or
+/// delete on another sidecar; a cached sidecar sees such a change once its
+/// announcement arrives, which `tests/cache.rs` covers.
+fn sidecar(shared: &Shared, tenant: &str, agent: &str, extra: &[&str]) -> Sidecar {
+    let mut args = vec!["--cache-max-entries", "0"];
+    args.extend_from_slice(extra);
+    shared.sidecar(tenant, agent, &args)
 }
 
 async fn read(c: &Client, path: &str) -> Reply {
@@ -101,13 +112,14 @@ fn list_paths(reply: &Reply) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exact_grant_opens_one_secret_and_goes_with_it() {
     let shared = Shared::new();
-    let a = shared.sidecar("acme", "a", &[]);
-    let b = shared.sidecar("acme", "b", &[]);
+    let a = sidecar(&shared, "acme", "a", &[]);
+    let b = sidecar(&shared, "acme", "b", &[]);
     let (ca, cb) = (a.client(), b.client());
     put_value(&ca, "shared/x", "x-secret-1").await;
     put_value(&ca, "shared/y", "y-secret-1").await;
     for path in ["shared/x", "shared/y"] {
-        assert_denied(&read(&cb, path).await, "no grant covers this path");
+        assert_hidden(&read(&cb, path).await, path);
+        assert_denial_audited(&cb, path, "no grant covers this path").await;
     }
 
     let created = grant(&ca, "b", "shared/x").await;
@@ -125,7 +137,7 @@ async fn an_exact_grant_opens_one_secret_and_goes_with_it() {
     let x = read(&cb, "shared/x").await;
     assert_eq!(x.status, 200, "{:?}", x.json());
     assert_eq!(x.json()["value"], "x-secret-1");
-    assert_denied(&read(&cb, "shared/y").await, "no grant covers this path");
+    assert_hidden(&read(&cb, "shared/y").await, "shared/y");
     // A grant is for reading only.
     let write = put(&cb, "shared/x", json!({"value": "b-was-here"})).await;
     assert_denied(&write, "not the owner");
@@ -145,7 +157,7 @@ async fn an_exact_grant_opens_one_secret_and_goes_with_it() {
     );
     put_value(&ca, "shared/x", "x-secret-2").await;
     let again = read(&cb, "shared/x").await;
-    assert_denied(&again, "no grant covers this path");
+    assert_hidden(&again, "shared/x");
     assert!(!String::from_utf8_lossy(&again.body).contains("x-secret-2"));
 
     // Only agents of this tenant can be granted anything.
@@ -157,8 +169,8 @@ async fn an_exact_grant_opens_one_secret_and_goes_with_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prefix_grant_covers_the_prefix_until_revoked() {
     let shared = Shared::new();
-    let a = shared.sidecar("acme", "a", &[]);
-    let b = shared.sidecar("acme", "b", &[]);
+    let a = sidecar(&shared, "acme", "a", &[]);
+    let b = sidecar(&shared, "acme", "b", &[]);
     let (ca, cb) = (a.client(), b.client());
     put_value(&ca, "shared/x", "x-secret-1").await;
     put_value(&ca, "shared/y", "y-secret-1").await;
@@ -167,7 +179,7 @@ async fn a_prefix_grant_covers_the_prefix_until_revoked() {
     let exact = grant(&ca, "b", "shared/x").await;
     assert_eq!(exact.status, 201, "{:?}", exact.json());
     let exact_id = exact.json()["grant_id"].as_str().unwrap().to_owned();
-    assert_denied(&read(&cb, "shared/y").await, "no grant covers this path");
+    assert_hidden(&read(&cb, "shared/y").await, "shared/y");
 
     let prefix = grant(&ca, &agent_id("acme", "b"), "shared/*").await;
     assert_eq!(
@@ -182,7 +194,7 @@ async fn a_prefix_grant_covers_the_prefix_until_revoked() {
     let y = read(&cb, "shared/y").await;
     assert_eq!(y.status, 200, "{:?}", y.json());
     assert_eq!(y.json()["value"], "y-secret-1");
-    assert_denied(&read(&cb, "private/z").await, "no grant covers this path");
+    assert_hidden(&read(&cb, "private/z").await, "private/z");
 
     let both: BTreeSet<String> = [exact_id.clone(), prefix_id.clone()].into();
     assert_eq!(
@@ -203,7 +215,8 @@ async fn a_prefix_grant_covers_the_prefix_until_revoked() {
     let revoked = delete(&ca, &format!("/v1/grants/{prefix_id}")).await;
     assert_eq!(revoked.status, 204, "{:?}", revoked.json());
     assert!(revoked.body.is_empty());
-    assert_denied(&read(&cb, "shared/y").await, "no grant covers this path");
+    assert_hidden(&read(&cb, "shared/y").await, "shared/y");
+    assert_denial_audited(&cb, "shared/y", "no grant covers this path").await;
     assert_eq!(
         read(&cb, "shared/x").await.status,
         200,
@@ -220,27 +233,29 @@ async fn a_prefix_grant_covers_the_prefix_until_revoked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_never_opens_another_agents_secrets() {
     let shared = Shared::new();
-    let a = shared.sidecar("acme", "a", &[]);
-    let b = shared.sidecar("acme", "b", &[]);
-    let c = shared.sidecar("acme", "c", &[]);
+    let a = sidecar(&shared, "acme", "a", &[]);
+    let b = sidecar(&shared, "acme", "b", &[]);
+    let c = sidecar(&shared, "acme", "c", &[]);
     let (ca, cb, cc) = (a.client(), b.client(), c.client());
     put_value(&ca, "shared/x", "a-secret-1").await;
     put_value(&cb, "shared/b1", "b-secret-1").await;
 
-    // b may not grant what a owns.
+    // b may not grant what a owns: a secret b may not read counts as nothing
+    // there, so the grant answers as for a free path and reaches nothing.
     let exact = grant(&cb, "c", "shared/x").await;
-    assert_denied(&exact, "not the owner");
+    assert_eq!(exact.status, 201, "{:?}", exact.json());
 
     // b's grant on the whole prefix opens b's secrets to c, never a's.
     let prefix = grant(&cb, "c", "shared/*").await;
     let theirs = read(&cc, "shared/x").await;
-    assert_denied(&theirs, "no grant covers this path");
+    assert_hidden(&theirs, "shared/x");
+    assert_denial_audited(&cc, "shared/x", "no grant covers this path").await;
     assert!(!String::from_utf8_lossy(&theirs.body).contains("a-secret-1"));
     assert_eq!(prefix.status, 201, "{:?}", prefix.json());
     let own = read(&cc, "shared/b1").await;
     assert_eq!(own.status, 200, "{:?}", own.json());
     assert_eq!(own.json()["value"], "b-secret-1");
-    assert_denied(&read(&cc, "shared/x").await, "no grant covers this path");
+    assert_hidden(&read(&cc, "shared/x").await, "shared/x");
 }
 
 // ---- tokens ------------------------------------------------------------------
@@ -248,8 +263,8 @@ async fn a_grant_never_opens_another_agents_secrets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_reads_for_any_local_process_until_its_uses_run_out() {
     let shared = Shared::new();
-    let a = shared.sidecar("acme", "a", &[]);
-    let b = shared.sidecar("acme", "b", &[]);
+    let a = sidecar(&shared, "acme", "a", &[]);
+    let b = sidecar(&shared, "acme", "b", &[]);
     let (ca, cb) = (a.client(), b.client());
     let written = put(
         &ca,
@@ -259,7 +274,7 @@ async fn a_token_reads_for_any_local_process_until_its_uses_run_out() {
     .await;
     assert_eq!(written.status, 200);
     put_value(&ca, "shared/y", "y-secret-1").await;
-    assert_denied(&read(&cb, "shared/x").await, "no grant covers this path");
+    assert_hidden(&read(&cb, "shared/x").await, "shared/x");
 
     let before = chrono::Utc::now();
     let reply = mint(
@@ -306,8 +321,8 @@ async fn a_token_reads_for_any_local_process_until_its_uses_run_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prefix_token_reaches_only_its_minters_secrets_up_to_its_tier() {
     let shared = Shared::new();
-    let a = shared.sidecar("acme", "a", &[]);
-    let b = shared.sidecar("acme", "b", &[]);
+    let a = sidecar(&shared, "acme", "a", &[]);
+    let b = sidecar(&shared, "acme", "b", &[]);
     let (ca, cb) = (a.client(), b.client());
     let token = mint_ok(&ca, "secrets:read:team/*", 60, None).await;
 
@@ -338,21 +353,23 @@ async fn a_prefix_token_reaches_only_its_minters_secrets_up_to_its_tier() {
         assert_eq!(reply.json()["value"], value);
     }
     let crit = read(&bearer, "team/crit").await;
-    assert_denied(&crit, "does not reach this one");
+    assert_hidden(&crit, "team/crit");
+    assert_denial_audited(&b.client(), "team/crit", "does not reach this one").await;
     assert!(!String::from_utf8_lossy(&crit.body).contains("crit-1"));
 
     // b's own secret stays b's: the token speaks for a, and a has no grant.
-    let stranger = shared.sidecar("acme", "c", &[]);
+    let stranger = sidecar(&shared, "acme", "c", &[]);
     let theirs = read(&stranger.client().with_token(&token), "team/theirs").await;
-    assert_denied(&theirs, "does not reach this one");
+    assert_hidden(&theirs, "team/theirs");
+    assert_denial_audited(&stranger.client(), "team/theirs", "does not reach this one").await;
     assert!(!String::from_utf8_lossy(&theirs.body).contains("theirs-1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_and_unknown_tokens_are_unauthenticated() {
     let shared = Shared::new();
-    let a = shared.sidecar("acme", "a", &[]);
-    let b = shared.sidecar("acme", "b", &[]);
+    let a = sidecar(&shared, "acme", "a", &[]);
+    let b = sidecar(&shared, "acme", "b", &[]);
     let ca = a.client();
     put(
         &ca,
@@ -390,8 +407,8 @@ async fn expired_and_unknown_tokens_are_unauthenticated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_and_list_tokens_do_what_their_scope_says_and_no_more() {
     let shared = Shared::new();
-    let a = shared.sidecar("acme", "a", &[]);
-    let b = shared.sidecar("acme", "b", &[]);
+    let a = sidecar(&shared, "acme", "a", &[]);
+    let b = sidecar(&shared, "acme", "b", &[]);
     let ca = a.client();
     put_value(&ca, "shared/x", "x-secret-1").await;
     put_value(&ca, "shared/y", "y-secret-1").await;
@@ -404,19 +421,32 @@ async fn write_and_list_tokens_do_what_their_scope_says_and_no_more() {
     assert_eq!(written.json()["version"], 2);
     assert_eq!(read(&ca, "shared/y").await.json()["value"], "y-secret-2");
     let denied = read(&writer, "shared/y").await;
-    assert_denied(&denied, "token scope allows write, not read");
+    assert_hidden(&denied, "shared/y");
+    assert_denial_audited(
+        &b.client(),
+        "shared/y",
+        "token scope allows write, not read",
+    )
+    .await;
     assert!(!String::from_utf8_lossy(&denied.body).contains("y-secret-2"));
+    // A write over a secret the caller may not read is refused, saying no more.
     assert_denied(
         &put(&writer, "shared/x", json!({"value": "nope"})).await,
-        "token scope does not cover this path",
+        "this path is not the caller's to write",
     );
+    assert_denial_audited(
+        &b.client(),
+        "shared/x",
+        "token scope does not cover this path",
+    )
+    .await;
     assert_eq!(read(&ca, "shared/x").await.json()["version"], 1);
 
     let list = mint_ok(&ca, "secrets:list:shared/*", 60, Some(2)).await;
     let lister = b.client().with_token(&list);
     let listed = get(&lister, "/v1/secrets?prefix=shared/").await;
     assert_eq!(list_paths(&listed), vec!["shared/x", "shared/y"]);
-    assert_denied(&read(&lister, "shared/x").await, "not read");
+    assert_hidden(&read(&lister, "shared/x").await, "shared/x");
     // Its uses are counted like any token's.
     assert_error(
         &get(&lister, "/v1/secrets?prefix=shared/").await,
@@ -437,8 +467,8 @@ async fn write_and_list_tokens_do_what_their_scope_says_and_no_more() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn max_uses_hold_under_concurrent_use_across_sidecars() {
     let shared = Shared::new();
-    let a = shared.sidecar("acme", "a", &[]);
-    let b = shared.sidecar("acme", "b", &[]);
+    let a = sidecar(&shared, "acme", "a", &[]);
+    let b = sidecar(&shared, "acme", "b", &[]);
     put(
         &a.client(),
         "shared/x",
@@ -494,8 +524,8 @@ async fn a_token_for_a_critical_secret_waits_for_an_approver() {
         "--role",
         "researcher=uid:1001",
     ];
-    let a = shared.sidecar("acme", "a", &roles);
-    let b = shared.sidecar("acme", "b", &[]);
+    let a = sidecar(&shared, "acme", "a", &roles);
+    let b = sidecar(&shared, "acme", "b", &[]);
     let (ca, sock) = (a.client(), a.socket.clone());
     let written = put(
         &ca,
@@ -625,8 +655,8 @@ async fn a_token_for_a_critical_secret_waits_for_an_approver() {
 async fn approvals_from_the_command_line() {
     assert_root();
     let shared = Shared::new();
-    let a = shared.sidecar("acme", "a", &["--role", "approver=uid:1003"]);
-    let b = shared.sidecar("acme", "b", &[]);
+    let a = sidecar(&shared, "acme", "a", &["--role", "approver=uid:1003"]);
+    let b = sidecar(&shared, "acme", "b", &[]);
     put(
         &a.client(),
         "vault/root",
@@ -712,8 +742,8 @@ fn copy_hash(con: &mut redis::Connection, from: &str, to: &str) {
 }
 
 async fn two_tenants(shared: &Shared) -> (Sidecar, Sidecar) {
-    let acme = shared.sidecar("acme", "bot", &[]);
-    let other = shared.sidecar("other", "bot", &[]);
+    let acme = sidecar(shared, "acme", "bot", &[]);
+    let other = sidecar(shared, "other", "bot", &[]);
     for (tenant, c, paths) in [
         ("acme", acme.client(), ["p", "acme/only"]),
         ("other", other.client(), ["q", "other/only"]),

@@ -95,20 +95,26 @@ async fn open_stream(client: &Client, last_event_id: Option<&str>) -> Streaming 
     stream
 }
 
+/// A read and a denial reach the tenant's log and, through Redis, the stream
+/// of an auditor on another sidecar; each caller's own view is scoped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_and_denials_reach_the_log_and_another_sidecars_stream() {
     let shared = Shared::new();
+    let uid = my_uid();
     let owner = shared.sidecar("dev", "dev-agent", &[]);
-    let watcher = shared.sidecar("dev", "watcher", &[]);
-    let (owner_client, watcher_client) = (owner.client(), watcher.client());
+    let watcher = shared.sidecar("dev", "watcher", &["--role", &format!("auditor=uid:{uid}")]);
+    let prober = shared.sidecar("dev", "prober", &[]);
+    let (owner_client, watcher_client, prober_client) =
+        (owner.client(), watcher.client(), prober.client());
     let mut stream = open_stream(&watcher_client, None).await;
 
     put_value(&owner_client, "prod/api-key", "sk-not-in-audit").await;
     let read = get(&owner_client, "/v1/secrets/prod/api-key").await;
     assert_eq!(read.status, 200);
     let read_id = request_id(&read);
-    let denied = get(&watcher_client, "/v1/secrets/prod/api-key").await;
-    assert_error(&denied, 403, "policy_denied");
+    // The prober may not read it, and is told what a missing path would tell it.
+    let denied = get(&prober_client, "/v1/secrets/prod/api-key").await;
+    assert_hidden(&denied, "prod/api-key");
     let denied_id = request_id(&denied);
 
     let check = |events: &[Value]| {
@@ -120,13 +126,14 @@ async fn reads_and_denials_reach_the_log_and_another_sidecars_stream() {
         assert_eq!(accessed["outcome"], "ok");
         assert!(accessed["uid"].is_u64() && accessed["pid"].is_i64());
         let refused = find(events, "vault.denied", "prod/api-key").expect("the denial");
-        assert_eq!(refused["spiffe_id"], "spiffe://dev.local/agent/dev/watcher");
+        assert_eq!(refused["spiffe_id"], "spiffe://dev.local/agent/dev/prober");
         assert_eq!(refused["request_id"], denied_id.as_str());
         assert_eq!(refused["outcome"], "policy_denied");
         assert!(!refused["reasons"].as_array().expect("reasons").is_empty());
     };
-    // Both in the tenant's log, read from either sidecar (each sidecar's own
-    // events are there at once, the other's as soon as its writer stored them)...
+    // Both in the log of the owner (events about its secret) and of the
+    // auditor (the whole tenant), each sidecar's own events at once, the
+    // others' as soon as their writer stored them...
     let both = |log: &[Value]| {
         find(log, "vault.accessed", "prod/api-key").is_some()
             && find(log, "vault.denied", "prod/api-key").is_some()
@@ -136,7 +143,14 @@ async fn reads_and_denials_reach_the_log_and_another_sidecars_stream() {
     let ids: Vec<AuditId> = log.iter().map(id_of).collect();
     assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
     check(&wait_for_log(&watcher_client, "the read and the denial", both).await);
-    // ...and on the watcher's stream, which the owner's events reach through Redis.
+    // ...while the prober sees its own denial, never the owner's read.
+    let probed = wait_for_log(&prober_client, "the denial", |log| {
+        find(log, "vault.denied", "prod/api-key").is_some()
+    })
+    .await;
+    assert!(find(&probed, "vault.accessed", "prod/api-key").is_none());
+    assert!(find(&probed, "vault.written", "prod/api-key").is_none());
+    // And on the auditor's stream, which the others' events reach through Redis.
     let streamed = collect_events(&mut stream, |seen| {
         find(seen, "vault.accessed", "prod/api-key").is_some()
             && find(seen, "vault.denied", "prod/api-key").is_some()
@@ -381,36 +395,44 @@ async fn reading_audit_is_a_policy_decision() {
         "dev-agent",
         &["--role", &format!("writer=uid:{uid}")],
     );
-    let denied = get(&writer.client(), "/v1/audit").await;
-    assert_error(&denied, 403, "policy_denied");
-    let reasons = denied.json()["error"]["reasons"].clone();
-    assert!(
-        reasons.to_string().contains("auditor"),
-        "reasons name who may: {reasons}"
-    );
-    let stream = writer
-        .client()
-        .stream("/v1/audit/stream", &[])
-        .await
-        .expect("request")
-        .into_reply()
-        .await
-        .expect("reply");
-    assert_error(&stream, 403, "policy_denied");
-
     let auditor = shared.sidecar(
         "dev",
         "auditing",
         &["--role", &format!("auditor=uid:{uid}")],
     );
-    let log = audit_log(&auditor.client(), 100).await;
-    let refused = find(&log, "vault.denied", "audit").expect("the refused audit read");
-    assert_eq!(refused["action"], "audit");
+    put_value(&auditor.client(), "audit-only/x", "v").await;
+    put_value(&writer.client(), "team/w", "v").await;
+    // Any caller reads the audit, scoped by the policy: its own events and
+    // those about secrets it may read, never another agent's private paths.
+    let scoped = wait_for_log(&writer.client(), "the writer's own write", |log| {
+        find(log, "vault.written", "team/w").is_some()
+    })
+    .await;
+    assert!(
+        find(&scoped, "vault.written", "audit-only/x").is_none(),
+        "{scoped:?}"
+    );
+    let stream = writer
+        .client()
+        .stream("/v1/audit/stream", &[])
+        .await
+        .expect("request");
+    assert_eq!(stream.status, 200);
+    drop(stream);
+
+    // The operator's auditor role sees the tenant, the writer's reads of the log included.
+    let log = wait_for_log(&auditor.client(), "the writer's audit read", |log| {
+        find(log, "vault.audit_read", "audit").is_some()
+            && find(log, "vault.written", "team/w").is_some()
+    })
+    .await;
+    let read = find(&log, "vault.audit_read", "audit").expect("the writer's audit read");
     assert_eq!(
-        refused["spiffe_id"],
+        read["spiffe_id"],
         "spiffe://dev.local/agent/dev/dev-agent/writer"
     );
-    assert_eq!(refused["role"], "writer");
+    assert_eq!(read["role"], "writer");
+    assert!(find(&log, "vault.written", "audit-only/x").is_some());
 }
 
 /// Breaks the tenant's audit stream with a real Redis error (the key holds a
@@ -591,8 +613,10 @@ async fn cli_prints_the_audit_log() {
         .output()
         .expect("run agentvault audit");
     let text = String::from_utf8_lossy(&columns.stdout);
+    assert!(text.starts_with("TIME "), "a header row: {text}");
     assert!(
-        text.contains("vault.written\t") && text.contains("cli/one"),
+        text.lines()
+            .any(|l| l.contains(" vault.written ") && l.contains(" cli/one ")),
         "{text}"
     );
 }

@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output, Stdio};
 
@@ -13,20 +12,12 @@ fn av(env: &TestEnv, args: &[&str]) -> Output {
 }
 
 fn av_stdin(env: &TestEnv, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env("AGENTVAULT_SOCKET", &env.sidecar.socket)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run agentvault");
-    let mut input = child.stdin.take().expect("stdin");
-    if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).expect("write stdin");
-    }
-    drop(input);
-    child.wait_with_output().expect("agentvault output")
+    support::run_with_stdin(
+        Command::new(BIN)
+            .args(args)
+            .env("AGENTVAULT_SOCKET", &env.sidecar.socket),
+        stdin.unwrap_or_default().as_bytes(),
+    )
 }
 
 fn stdout(out: &Output) -> String {
@@ -99,8 +90,15 @@ fn put_get_ls_rm_round_trip() {
         "demo/multi\ndemo/openai-key\n"
     );
     let long = stdout(&av(&env, &["ls", "-l", "demo/openai"]));
-    assert!(
-        long.starts_with("demo/openai-key\tv1\tcritical\tapi_key\t"),
+    let row: Vec<&str> = long
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        row[..4],
+        ["demo/openai-key", "1", "critical", "api_key"],
         "{long}"
     );
 
@@ -128,7 +126,7 @@ fn errors_have_clear_messages_and_exit_codes() {
     assert!(stderr(&out).contains("conflict"));
 
     let out = av(&env, &["put", "bad//path", "v"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "bad input exits 2");
     assert!(stderr(&out).contains("invalid_request"));
 
     let out = av(&env, &["put", "x", "v", "--tag", "novalue"]);
@@ -204,9 +202,18 @@ fn sidecars_sharing_a_keyring_share_secrets_through_redis() {
 #[test]
 fn serve_runs_from_a_config_file_with_overrides() {
     let dir = tempfile::tempdir().unwrap();
-    let keyring = dir.path().join("keyring.json");
+    let master = dir.path().join("master.json");
     assert!(Command::new(BIN)
         .args(["keygen"])
+        .arg(&master)
+        .status()
+        .unwrap()
+        .success());
+    // serve takes the keyring of its tenant, not the master keyring.
+    let keyring = dir.path().join("keyring.json");
+    assert!(Command::new(BIN)
+        .args(["keygen", "--tenant", "acme", "--master"])
+        .arg(&master)
         .arg(&keyring)
         .status()
         .unwrap()
@@ -270,5 +277,87 @@ fn serve_runs_from_a_config_file_with_overrides() {
         stderr(&out).contains("identity.spiffe_id"),
         "{}",
         stderr(&out)
+    );
+}
+
+/// The README's `serve` config starts as written, from the directory it names
+/// its relative paths from (only the metrics port is turned off, so parallel
+/// tests do not contend for it).
+#[test]
+fn readme_serve_config_starts_as_written() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = &readme[readme
+        .find("## Running in production")
+        .expect("serve section")..];
+    let start = section.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+    let yaml = &section[start..start + section[start..].find("```").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("agentvault.yaml"), yaml).unwrap();
+    let clean = |cmd: &mut Command| {
+        cmd.current_dir(dir.path())
+            .env_remove("AGENTVAULT_SOCKET")
+            .env_remove("AGENTVAULT_REDIS_URL")
+            .env_remove("AGENTVAULT_KEYRING")
+            .env_remove("AGENTVAULT_DATA_DIR")
+            .env_remove("SPIFFE_ENDPOINT_SOCKET");
+    };
+    for args in [
+        &["keygen", "master.json"][..],
+        &[
+            "keygen",
+            "--tenant",
+            "acme",
+            "--master",
+            "master.json",
+            "keyring.json",
+        ],
+    ] {
+        let mut keygen = Command::new(BIN);
+        keygen.args(args);
+        clean(&mut keygen);
+        assert!(keygen.status().unwrap().success(), "{args:?}");
+    }
+
+    let mut serve = Command::new(BIN);
+    serve
+        .args(["serve", "--config", "agentvault.yaml"])
+        .env("AGENTVAULT_METRICS_ADDR", "off")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    clean(&mut serve);
+    let mut child = serve.spawn().unwrap();
+    let socket = dir.path().join("agentvault.sock");
+    for _ in 0..400 {
+        if socket.exists() || child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let out = Command::new(BIN)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("health")
+        .output()
+        .unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let served = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "health: {}\nserve: {}",
+        stderr(&out),
+        String::from_utf8_lossy(&served.stderr)
+    );
+    let health: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        health["identity"],
+        "spiffe://example.org/agent/acme/planner"
+    );
+    assert_eq!(health["tenant"], "acme");
+    assert!(
+        dir.path().join("agentvault-data").is_dir(),
+        "data_dir as written"
     );
 }

@@ -18,7 +18,8 @@ use hyper::Method;
 use serde_json::json;
 use support::peers::{as_uid, assert_root, cli_as, shared_dir};
 use support::{
-    assert_denied, assert_error, free_port, get, put, put_value, reasons, RedisServer, Sidecar, BIN,
+    assert_denial_audited, assert_denied, assert_error, assert_hidden, free_port, get, put,
+    put_value, reasons, RedisServer, Sidecar, BIN,
 };
 use tempfile::TempDir;
 use workload_api::{TestCa, WorkloadApi};
@@ -31,13 +32,18 @@ const APPROVER: u32 = 1003;
 
 // ---- harness -----------------------------------------------------------------
 
+/// Writes acme's tenant keyring (serve refuses a master keyring) to `file`.
 fn keygen(file: &Path) {
-    let out = Command::new(BIN)
-        .arg("keygen")
-        .arg(file)
-        .output()
-        .expect("run agentvault keygen");
-    assert!(out.status.success(), "keygen: {out:?}");
+    keygen_for("acme", file);
+}
+
+/// The keyring of `tenant`, derived from a master keyring next to `file`.
+fn keygen_for(tenant: &str, file: &Path) {
+    let master = file.with_file_name("master.json");
+    if !master.exists() {
+        support::security::keygen(&master, None);
+    }
+    support::security::keygen(file, Some((tenant, &master)));
 }
 
 /// A running `agentvault serve --config FILE`, its identity from the Workload
@@ -296,13 +302,13 @@ async fn serve_answers_unavailable_until_the_workload_api_comes_up() {
     assert_error(&get(&c, "/v1/secrets/x").await, 404, "not_found");
 }
 
-#[test]
-fn serve_exits_when_the_svid_does_not_name_an_agent() {
+/// Runs `serve` for the SVID `spiffe_id` with the keyring of `keyring_tenant`
+/// until it exits, which it must do with a failure; returns its stderr.
+fn serve_until_it_fails(spiffe_id: &str, keyring_tenant: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("example.org");
-    let foreign = "spiffe://example.org/workload/x";
-    let api = WorkloadApi::start(dir.path(), &ca, foreign, TTL);
-    keygen(&dir.path().join("keyring.json"));
+    let api = WorkloadApi::start(dir.path(), &ca, spiffe_id, TTL);
+    keygen_for(keyring_tenant, &dir.path().join("keyring.json"));
     let config = dir.path().join("agentvault.yaml");
     std::fs::write(
         &config,
@@ -317,7 +323,23 @@ fn serve_exits_when_the_svid_does_not_name_an_agent() {
         .wait_exit(Duration::from_secs(20))
         .unwrap_or_else(|| panic!("serve kept running:\n{}", serve.logs()));
     assert!(!status.success(), "exit status {status}");
-    let stderr = serve.stderr();
+    assert!(!dir.path().join("av.sock").exists(), "socket left behind");
+    serve.stderr()
+}
+
+#[test]
+fn serve_exits_when_its_keyring_is_another_tenants() {
+    let stderr = serve_until_it_fails(ID, "globex");
+    assert!(
+        stderr.contains("holds the keys of tenant `globex`, not of tenant `acme`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn serve_exits_when_the_svid_does_not_name_an_agent() {
+    let foreign = "spiffe://example.org/workload/x";
+    let stderr = serve_until_it_fails(foreign, "acme");
     assert!(
         stderr.contains(foreign) && stderr.contains("does not match the pattern"),
         "stderr should name the SPIFFE ID and the mismatch:\n{stderr}"
@@ -328,7 +350,6 @@ fn serve_exits_when_the_svid_does_not_name_an_agent() {
             .any(|l| l.starts_with("agentvault: ") && l.contains(foreign)),
         "no final error line on stderr:\n{stderr}"
     );
-    assert!(!dir.path().join("av.sock").exists(), "socket left behind");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -472,11 +493,12 @@ async fn a_role_scoped_secret_is_readable_by_that_role_only() {
     assert_eq!(mine.status, 200, "{:?}", mine.json());
     assert_eq!(mine.json()["scope"], "researcher");
 
-    // The writer role: CLI exit 4, and over HTTP 403 with the reason.
+    // The writer role is told what a missing path tells it (CLI exit 3,
+    // HTTP 404), and the audit keeps why it was refused.
     let out = cli_as(Some(WRITER), &socket, &["get", "research/notes"]).await;
-    assert_eq!(out.status.code(), Some(4), "writer get: {out:?}");
+    assert_eq!(out.status.code(), Some(3), "writer get: {out:?}");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("policy_denied"),
+        String::from_utf8_lossy(&out.stderr).contains("not_found"),
         "{out:?}"
     );
     assert!(out.stdout.is_empty(), "{out:?}");
@@ -488,12 +510,19 @@ async fn a_role_scoped_secret_is_readable_by_that_role_only() {
         None,
     )
     .await;
-    assert_denied(&denied, "scoped to role researcher");
+    assert_hidden(&denied, "research/notes");
     assert!(!String::from_utf8_lossy(&denied.body).contains("n-secret-1"));
 
-    // The agent-level caller (root matches no role) is denied as well.
+    // The agent-level caller (root matches no role) is refused as well; its
+    // audit view holds its own denial with the reason.
     let root = get(&sidecar.client(), "/v1/secrets/research/notes").await;
-    assert_denied(&root, "scoped to role researcher");
+    assert_hidden(&root, "research/notes");
+    assert_denial_audited(
+        &sidecar.client(),
+        "research/notes",
+        "scoped to role researcher",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -581,7 +610,7 @@ async fn the_agent_level_caller_provisions_role_scoped_secrets_but_cannot_read_t
     assert_eq!(read.status, 200, "{:?}", read.json());
     assert_eq!(read.json()["value"], "prov-1");
     let root_read = get(&c, "/v1/secrets/research/api").await;
-    assert_denied(&root_read, "scoped to role researcher");
+    assert_hidden(&root_read, "research/api");
     assert!(!String::from_utf8_lossy(&root_read.body).contains("prov-1"));
 
     // Root overwrites it (a rotation by the provisioner), still scoped.
@@ -607,10 +636,7 @@ async fn the_agent_level_caller_provisions_role_scoped_secrets_but_cannot_read_t
     )
     .await;
     assert_eq!(read.json()["value"], "prov-2", "{:?}", read.json());
-    assert_denied(
-        &get(&c, "/v1/secrets/research/api").await,
-        "scoped to role researcher",
-    );
+    assert_hidden(&get(&c, "/v1/secrets/research/api").await, "research/api");
 
     // The same for a secret the researcher wrote itself.
     let own = as_uid(
@@ -652,7 +678,7 @@ async fn the_agent_level_caller_provisions_role_scoped_secrets_but_cannot_read_t
         None,
     )
     .await;
-    assert_denied(&writer_read, "scoped to role researcher");
+    assert_hidden(&writer_read, "research/api");
 
     // And root deletes it.
     let deleted = c
@@ -737,7 +763,11 @@ async fn a_broken_policy_keeps_the_last_good_one_and_a_fixed_one_takes_over() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_error(&denied, 403, "policy_denied");
-    assert_eq!(reasons(&denied), vec!["closed".to_owned()]);
+    // A read it may not make answers as a missing path; a write of a new
+    // path shows the new policy's reason.
+    assert_hidden(&denied, "app/key");
     assert!(!String::from_utf8_lossy(&denied.body).contains("k-1"));
+    let write = put(&c, "app/new", json!({"value": "v"})).await;
+    assert_error(&write, 403, "policy_denied");
+    assert_eq!(reasons(&write), vec!["closed".to_owned()]);
 }

@@ -211,14 +211,23 @@ fn assert_exit(out: &Output, code: i32, what: &str) {
 }
 
 /// The per-secret lines `agentvault import` prints, as (action, path, tier).
+/// The rows of the import table (under its `ACTION PATH TIER` header,
+/// above the summary line) as (path, tier, action).
 fn cli_rows(stdout: &str) -> BTreeSet<(String, String, String)> {
-    stdout
-        .lines()
-        .filter(|l| l.contains('\t'))
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines
+            .first()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["ACTION", "PATH", "TIER"]),
+        "{stdout}"
+    );
+    lines[1..lines.len() - 1]
+        .iter()
         .map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
+            let f: Vec<&str> = l.split_whitespace().collect();
             assert_eq!(f.len(), 3, "{l:?}");
-            (f[1].to_owned(), f[2].to_owned(), f[0].trim_end().to_owned())
+            (f[1].to_owned(), f[2].to_owned(), f[0].to_owned())
         })
         .collect()
 }
@@ -779,7 +788,7 @@ async fn cli_import_modes_tiers_and_errors(backend: Backend) {
             "clibad",
         ],
     );
-    assert_exit(&out, 1, "import a malformed file");
+    assert_exit(&out, 2, "import a malformed file (bad input)");
     let (stdout, stderr) = texts(&out);
     assert!(stderr.contains("line 7"), "{stderr:?}");
     assert!(stderr.contains("invalid_request"), "{stderr:?}");
@@ -792,7 +801,7 @@ async fn cli_import_modes_tiers_and_errors(backend: Backend) {
 
     // Bad namespace; missing file; missing --namespace.
     let out = av(&env, &["import", &file, "--namespace", "bad//ns"]);
-    assert_exit(&out, 1, "bad namespace");
+    assert_exit(&out, 2, "bad namespace (bad input)");
     assert!(texts(&out).1.contains("namespace"), "{:?}", texts(&out).1);
     let out = av(
         &env,

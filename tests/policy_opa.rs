@@ -1,17 +1,18 @@
 //! Differential test: the default policies must give the same decisions, reasons
 //! included, under regorus (in-process) and under the real OPA engine
-//! (`../shared/tools/opa-eval`). Also runs the Rego unit tests under OPA.
+//! (`shared/tools/opa-eval`): a table of every combination, and 1,500 inputs
+//! from a seeded generator. Also runs the Rego unit tests under OPA.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use agentvault::model::{SecretType, Tier};
 use agentvault::policy::{
-    Action, Decision, GrantInput, PolicyConfig, PolicyEngine, PolicyInput, Resource, Subject,
-    TokenClaims, TokenScope,
+    Action, Decision, EventInput, GrantInput, PolicyConfig, PolicyEngine, PolicyInput, Resource,
+    Subject, TokenClaims, TokenScope,
 };
+
+mod support;
 
 const ME: &str = "spiffe://example.org/agent/acme/bot";
 const OTHER: &str = "spiffe://example.org/agent/acme/other-bot";
@@ -21,59 +22,15 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn opa_eval() -> PathBuf {
-    let tool = repo().join("../shared/tools/opa-eval");
-    assert!(
-        tool.is_file(),
-        "the OPA differential test needs {} (shared/tools/opa-eval beside the repository); it is missing",
-        tool.display()
-    );
-    tool
-}
-
-/// Evaluates `query` under OPA for every input, one result line per input.
+/// Evaluates `query` under OPA with the policies' config as data.
 fn run_opa(
     policies: &Path,
     config: &PolicyConfig,
     query: &str,
     inputs: &[serde_json::Value],
 ) -> Vec<serde_json::Value> {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data.json");
-    let doc = serde_json::json!({ "agentvault": { "config": config } });
-    std::fs::write(&data, doc.to_string()).unwrap();
-    let mut child = Command::new(opa_eval())
-        .arg("--policies")
-        .arg(policies)
-        .arg("--data")
-        .arg(&data)
-        .arg("--query")
-        .arg(query)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run opa-eval: {e}"));
-    let mut stdin = child.stdin.take().unwrap();
-    let lines: String = inputs.iter().map(|i| format!("{i}\n")).collect();
-    // Written from another thread so that a full stdout pipe cannot deadlock us.
-    let writer = std::thread::spawn(move || stdin.write_all(lines.as_bytes()));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().unwrap();
-    assert!(out.status.success(), "opa-eval failed: {}", out.status);
-    let results: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(
-        results.len(),
-        inputs.len(),
-        "opa-eval answered {} of {} inputs",
-        results.len(),
-        inputs.len()
-    );
-    results
+    let data = serde_json::json!({ "agentvault": { "config": config } });
+    support::opa::run_opa(policies, Some(&data), query, inputs)
 }
 
 fn subject(role: Option<&str>) -> Subject {
@@ -110,6 +67,15 @@ fn grant(agent_id: &str, path: &str) -> GrantInput {
 
 fn token_of(scope: &str, agent: &str, role: Option<&str>, tier: Tier) -> Option<TokenClaims> {
     Some(TokenScope::parse(scope).unwrap().claims(agent, role, tier))
+}
+
+/// An audit event by `caller`, as the vault asks the `audit` decision about it.
+fn event_by(caller: &str) -> EventInput {
+    EventInput {
+        caller: caller.to_owned(),
+        kind: "vault.accessed".into(),
+        action: Some("read".into()),
+    }
 }
 
 fn token(scope: &str) -> Option<TokenClaims> {
@@ -183,13 +149,24 @@ fn inputs() -> Vec<PolicyInput> {
             for resource in &resources {
                 for extra in &extras {
                     let (grants, token) = extra(resource);
-                    out.push(PolicyInput {
+                    let input = PolicyInput {
                         subject: subject(role),
                         action,
                         resource: resource.clone(),
                         grants,
                         token,
-                    });
+                        event: None,
+                    };
+                    // `audit` is asked per event too: the caller's own, and another's.
+                    if action == Action::Audit {
+                        for caller in [input.subject.spiffe_id.clone(), OTHER.to_owned()] {
+                            out.push(PolicyInput {
+                                event: Some(event_by(&caller)),
+                                ..input.clone()
+                            });
+                        }
+                    }
+                    out.push(input);
                 }
             }
         }
@@ -200,6 +177,7 @@ fn inputs() -> Vec<PolicyInput> {
         resource,
         grants,
         token,
+        event: None,
     };
     out.extend([
         edge(
@@ -399,4 +377,177 @@ fn rego_unit_tests_pass_under_opa() {
         tests.len()
     );
     eprintln!("{} Rego tests pass under OPA", tests.len());
+}
+
+/// Random inputs from a seeded generator: callers, actions, resources,
+/// grants and tokens drawn independently, so combinations the table above
+/// does not list are tried too. `POLICY_DIFF_SEED` replays a run; the seed
+/// is printed on failure.
+mod generated {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+
+    const INPUTS: usize = 1_500;
+    const THIRD: &str = "spiffe://example.org/agent/acme/third-bot";
+    const AGENTS: [&str; 3] = [ME, OTHER, THIRD];
+    const ROLES: [Option<&str>; 5] = [
+        None,
+        Some("researcher"),
+        Some("writer"),
+        Some("approver"),
+        Some("auditor"),
+    ];
+    const PATHS: [&str; 8] = [
+        "prod/openai",
+        "prod/openai/key",
+        "prod/db",
+        "prod",
+        "production/key",
+        "team/x",
+        "new/key",
+        "prod/a/b/c",
+    ];
+    const PATTERNS: [&str; 8] = [
+        "prod/*",
+        "prod/openai",
+        "prod/openai/*",
+        "team/*",
+        "prod/a/*",
+        "production/*",
+        "new/key",
+        "staging/*",
+    ];
+    const ACTIONS: [Action; 10] = [
+        Action::Read,
+        Action::Write,
+        Action::Delete,
+        Action::List,
+        Action::Rotate,
+        Action::Grant,
+        Action::Token,
+        Action::Approve,
+        Action::Import,
+        Action::Audit,
+    ];
+    const TIERS: [Tier; 3] = [Tier::Standard, Tier::Sensitive, Tier::Critical];
+    const TYPES: [SecretType; 3] = [
+        SecretType::ApiKey,
+        SecretType::DbCredential,
+        SecretType::Custom,
+    ];
+
+    fn pick<'a, T>(rng: &mut StdRng, items: &'a [T]) -> &'a T {
+        items.choose(rng).expect("non-empty")
+    }
+
+    fn role(rng: &mut StdRng) -> Option<&'static str> {
+        *pick(rng, &ROLES)
+    }
+
+    fn resource(rng: &mut StdRng) -> Resource {
+        let path = *pick(rng, &PATHS);
+        if rng.gen_bool(0.2) {
+            return Resource::missing(path);
+        }
+        Resource {
+            path: path.into(),
+            exists: true,
+            owner: Some((*pick(rng, &AGENTS)).to_owned()),
+            owner_scope: role(rng).map(str::to_owned),
+            tier: Some(*pick(rng, &TIERS)),
+            secret_type: Some(*pick(rng, &TYPES)),
+            tags: BTreeMap::from([("env".into(), "prod".into())]),
+        }
+    }
+
+    fn input(rng: &mut StdRng) -> PolicyInput {
+        let resource = resource(rng);
+        let grants = (0..rng.gen_range(0..=3))
+            .map(|_| GrantInput {
+                agent_id: (*pick(rng, &AGENTS)).to_owned(),
+                path: if rng.gen_bool(0.3) {
+                    resource.path.clone()
+                } else {
+                    (*pick(rng, &PATTERNS)).to_owned()
+                },
+                role: role(rng).map(str::to_owned),
+            })
+            .collect();
+        let token = rng.gen_bool(0.4).then(|| {
+            let action = *pick(rng, &["read", "write", "list"]);
+            let pattern = *pick(rng, &PATTERNS);
+            let agent = AGENTS[rng.gen_range(0..AGENTS.len())];
+            TokenScope::parse(&format!("secrets:{action}:{pattern}"))
+                .unwrap()
+                .claims(agent, role(rng), *pick(rng, &TIERS))
+        });
+        let action = *pick(rng, &ACTIONS);
+        let subject = subject(role(rng));
+        let event = (action == Action::Audit && rng.gen_bool(0.7)).then(|| {
+            let own = subject.spiffe_id.clone();
+            let caller = if rng.gen_bool(0.5) {
+                own.as_str()
+            } else {
+                OTHER
+            };
+            event_by(caller)
+        });
+        PolicyInput {
+            subject,
+            action,
+            resource,
+            grants,
+            token,
+            event,
+        }
+    }
+
+    #[test]
+    fn regorus_and_opa_agree_on_generated_inputs() {
+        let seed: u64 = std::env::var("POLICY_DIFF_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(rand::random);
+        let mut rng = StdRng::seed_from_u64(seed);
+        let inputs: Vec<PolicyInput> = (0..INPUTS).map(|_| input(&mut rng)).collect();
+        let json: Vec<serde_json::Value> = inputs
+            .iter()
+            .map(|i| serde_json::to_value(i).unwrap())
+            .collect();
+        let config = PolicyConfig::default();
+        let engine = PolicyEngine::builtin(config.clone()).unwrap();
+        let results = run_opa(&repo().join("policies"), &config, QUERY, &json);
+        let mut mismatches = Vec::new();
+        let mut allowed = 0;
+        for ((input, value), opa) in inputs.iter().zip(&json).zip(&results) {
+            let ours = engine.decide(input).unwrap();
+            allowed += usize::from(ours.allow);
+            match opa_decision(opa) {
+                Ok(theirs) if theirs == ours => {}
+                Ok(theirs) => mismatches.push(format!(
+                    "{value}\n  regorus: {ours:?}\n  opa:     {theirs:?}"
+                )),
+                Err(e) => mismatches.push(format!("{value}\n  regorus: {ours:?}\n  opa:     {e}")),
+            }
+        }
+        assert!(
+            mismatches.is_empty(),
+            "seed {seed} (replay with POLICY_DIFF_SEED={seed}): {} of {} decisions differ:\n{}",
+            mismatches.len(),
+            inputs.len(),
+            mismatches
+                .iter()
+                .take(20)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        assert!(
+            allowed > INPUTS / 20 && INPUTS - allowed > INPUTS / 20,
+            "seed {seed}: too little variety ({allowed} of {INPUTS} allowed)"
+        );
+        eprintln!("seed {seed}: {INPUTS} generated inputs agree ({allowed} allowed)");
+    }
 }

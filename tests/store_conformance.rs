@@ -9,8 +9,15 @@ use std::sync::Arc;
 use agentvault::audit::{AuditEntry, AuditEvent, AuditId, EventKind};
 use agentvault::crypto::Sealed;
 use agentvault::identity::{Caller, Peer, PeerCred, RoleMap, WorkloadIdentity};
-use agentvault::model::{SecretRecord, SecretType, Tier, VersionRecord};
-use agentvault::store::{Commit, EmbeddedStore, RedisStore, RedisTarget, Store, StoreError};
+use agentvault::model::{
+    ApprovalRecord, ApprovalStatus, Grant, SecretRecord, SecretType, Tier, TokenRecord,
+    VersionRecord,
+};
+use agentvault::store::{
+    acl_setuser, AuditAppend, Change, ChangeStream, Commit, EmbeddedStore, Guard,
+    IdempotencyRecord, RecordPatch, RedisPassword, RedisSecurity, RedisStore, RedisTarget, Store,
+    StoreError, VersionWrite, WriteOutcome,
+};
 use chrono::Utc;
 use std::time::{Duration, Instant};
 
@@ -240,6 +247,233 @@ async fn racing_writers_never_share_a_version(store: Arc<dyn Store>) {
     assert_eq!(store.versions(T, "race").await.unwrap().len(), 40);
 }
 
+/// A write of a reserved version `n` of `path` that sets the tag `by` to `who`.
+fn version_write(path: &str, n: u64, who: &str) -> VersionWrite {
+    let mut initial = record(path, n, n);
+    initial.tags = BTreeMap::from([("by".into(), who.into())]);
+    VersionWrite {
+        version: version(n),
+        guard: Guard::of(&initial),
+        initial,
+        patch: RecordPatch {
+            updated_at: Utc::now(),
+            expires_at: None,
+            secret_type: None,
+            tier: None,
+            description: None,
+            tags: Some(BTreeMap::from([("by".into(), who.into())])),
+            scope: None,
+        },
+        prune: vec![],
+        idempotency: None,
+        audit: None,
+    }
+}
+
+async fn fifty_reserved_writers_all_succeed_with_distinct_versions(store: Arc<dyn Store>) {
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let n = store.reserve_version(T, "hot").await.unwrap();
+            let outcome = store
+                .write_version(T, &version_write("hot", n, &i.to_string()))
+                .await
+                .unwrap();
+            assert_eq!(outcome, WriteOutcome::Applied);
+            n
+        }));
+    }
+    let mut numbers = Vec::new();
+    for t in tasks {
+        numbers.push(t.await.unwrap());
+    }
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=50).collect::<Vec<u64>>());
+    let stored: Vec<u64> = store
+        .versions(T, "hot")
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(stored, numbers);
+    let (rec, active) = store.read(T, "hot", None).await.unwrap().unwrap();
+    assert_eq!((rec.latest_version, rec.active_version), (50, 50));
+    assert_eq!(active.unwrap().version, 50);
+    // The tag is some writer's, and the record is still the one it was created as.
+    assert!(rec.tags.contains_key("by"));
+    assert_eq!(rec.owner, record("hot", 1, 1).owner);
+    // The numbering continues above every reservation.
+    assert_eq!(store.reserve_version(T, "hot").await.unwrap(), 51);
+}
+
+async fn a_write_that_commits_after_a_higher_number_stays_inactive(store: Arc<dyn Store>) {
+    let low = store.reserve_version(T, "late").await.unwrap();
+    let high = store.reserve_version(T, "late").await.unwrap();
+    assert!(high > low);
+    store
+        .write_version(T, &version_write("late", high, "high"))
+        .await
+        .unwrap();
+    let mut late = version_write("late", low, "low");
+    let at = Utc::now() + chrono::Duration::hours(1);
+    late.patch.expires_at = Some(at);
+    store.write_version(T, &late).await.unwrap();
+    let (rec, active) = store.read(T, "late", None).await.unwrap().unwrap();
+    assert_eq!((rec.active_version, rec.latest_version), (high, high));
+    assert_eq!(active.unwrap().version, high);
+    assert_eq!(
+        rec.tags["by"], "high",
+        "the lower number changes no metadata"
+    );
+    assert_eq!(rec.expires_at, None);
+    let retired = rec.retired_expiry[&low];
+    assert_eq!(retired.timestamp_millis(), at.timestamp_millis());
+    let (_, old) = store.read(T, "late", Some(low)).await.unwrap().unwrap();
+    assert_eq!(old.unwrap().version, low);
+
+    // A third write retires the active version and applies every patched field.
+    let next = store.reserve_version(T, "late").await.unwrap();
+    let mut third = version_write("late", next, "third");
+    third.prune = vec![low, next];
+    third.patch.description = Some("new".into());
+    store.write_version(T, &third).await.unwrap();
+    let (rec, _) = store.read(T, "late", None).await.unwrap().unwrap();
+    assert_eq!(rec.active_version, next);
+    assert_eq!(rec.description.as_deref(), Some("new"));
+    assert_eq!(rec.tags["by"], "third");
+    assert!(!rec.retired_expiry.contains_key(&low), "pruned");
+    let kept: Vec<u64> = store
+        .versions(T, "late")
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(
+        kept,
+        vec![high, next],
+        "prune never drops the version it writes"
+    );
+}
+
+async fn guarded_writes_refuse_a_changed_record_and_write_nothing(store: Arc<dyn Store>) {
+    let n = store.reserve_version(T, "g").await.unwrap();
+    store
+        .write_version(T, &version_write("g", n, "a"))
+        .await
+        .unwrap();
+
+    let mut other_owner = version_write("g", store.reserve_version(T, "g").await.unwrap(), "b");
+    other_owner.guard.owner = "spiffe://td/agent/acme/other".into();
+    assert!(matches!(
+        store.write_version(T, &other_owner).await,
+        Err(StoreError::Conflict)
+    ));
+    let mut stale_cas = version_write("g", store.reserve_version(T, "g").await.unwrap(), "c");
+    stale_cas.guard.active = Some(n + 7);
+    assert!(matches!(
+        store.write_version(T, &stale_cas).await,
+        Err(StoreError::Conflict)
+    ));
+    let mut fresh_cas = version_write("g", store.reserve_version(T, "g").await.unwrap(), "d");
+    fresh_cas.guard.active = Some(n);
+    store.write_version(T, &fresh_cas).await.unwrap();
+    assert_eq!(store.versions(T, "g").await.unwrap().len(), 2);
+
+    // Creating requires absence when the guard says "active 0".
+    let mut create = version_write("g2", store.reserve_version(T, "g2").await.unwrap(), "e");
+    create.guard.active = Some(0);
+    store.write_version(T, &create).await.unwrap();
+    let mut again = version_write("g2", store.reserve_version(T, "g2").await.unwrap(), "f");
+    again.guard.active = Some(0);
+    assert!(matches!(
+        store.write_version(T, &again).await,
+        Err(StoreError::Conflict)
+    ));
+
+    // The same write sent twice (a client library's resend) is one write.
+    let resent = version_write("g", store.reserve_version(T, "g").await.unwrap(), "r");
+    store.write_version(T, &resent).await.unwrap();
+    store.write_version(T, &resent).await.unwrap();
+    assert_eq!(store.versions(T, "g").await.unwrap().len(), 3);
+}
+
+async fn an_idempotency_key_replays_the_first_answer_and_writes_nothing(store: Arc<dyn Store>) {
+    assert_eq!(store.idempotent_answer(T, "k1").await.unwrap(), None);
+    let keyed = |n: u64, answer: &[u8], ttl: Duration| {
+        let mut w = version_write("idem", n, "x");
+        w.idempotency = Some(IdempotencyRecord {
+            key: "k1".into(),
+            answer: answer.to_vec(),
+            ttl,
+        });
+        w
+    };
+    let day = Duration::from_secs(24 * 3600);
+    let first = store.reserve_version(T, "idem").await.unwrap();
+    let outcome = store
+        .write_version(T, &keyed(first, b"first answer", day))
+        .await
+        .unwrap();
+    assert_eq!(outcome, WriteOutcome::Applied);
+    let retry = store.reserve_version(T, "idem").await.unwrap();
+    let outcome = store
+        .write_version(T, &keyed(retry, b"second answer", day))
+        .await
+        .unwrap();
+    assert_eq!(outcome, WriteOutcome::Replayed(b"first answer".to_vec()));
+    assert_eq!(store.versions(T, "idem").await.unwrap().len(), 1);
+    assert_eq!(
+        store.idempotent_answer(T, "k1").await.unwrap().as_deref(),
+        Some(&b"first answer"[..])
+    );
+    // Keys are per tenant.
+    assert_eq!(store.idempotent_answer("other", "k1").await.unwrap(), None);
+
+    // A record lapses after its window.
+    let mut short = keyed(store.reserve_version(T, "idem").await.unwrap(), b"s", day);
+    short.idempotency.as_mut().unwrap().key = "short".into();
+    short.idempotency.as_mut().unwrap().ttl = Duration::from_millis(50);
+    store.write_version(T, &short).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.idempotent_answer(T, "short").await.unwrap().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the idempotency record never lapsed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn a_writes_audit_event_is_stored_with_it_or_not_at_all(store: Arc<dyn Store>) {
+    let audited = |n: u64, key: &str| {
+        let mut w = version_write("aud", n, "x");
+        w.audit = Some(AuditAppend {
+            event: audit_event(&format!("aud@{n}")),
+            max_len: 1000,
+        });
+        w.idempotency = Some(IdempotencyRecord {
+            key: key.into(),
+            answer: b"a".to_vec(),
+            ttl: Duration::from_secs(60),
+        });
+        w
+    };
+    let n = store.reserve_version(T, "aud").await.unwrap();
+    store.write_version(T, &audited(n, "k")).await.unwrap();
+    let newest = store.audit_newest(T, 10).await.unwrap();
+    assert_eq!(paths(&newest), vec![format!("aud@{n}").as_str()]);
+    // A replayed write and a refused one append nothing.
+    let replay = audited(store.reserve_version(T, "aud").await.unwrap(), "k");
+    store.write_version(T, &replay).await.unwrap();
+    let mut refused = audited(store.reserve_version(T, "aud").await.unwrap(), "k2");
+    refused.guard.owner = "spiffe://td/agent/acme/other".into();
+    assert!(store.write_version(T, &refused).await.is_err());
+    assert_eq!(store.audit_newest(T, 10).await.unwrap().len(), 1);
+}
+
 async fn commit_all_is_all_or_nothing(store: Arc<dyn Store>) {
     write(&*store, T, "multi/b", 1).await.unwrap();
     let fresh = |path: &str, expected: u64| Commit {
@@ -427,6 +661,202 @@ async fn audit_is_trimmed_to_about_max_len(store: Arc<dyn Store>) {
     assert_eq!(paths(&kept[..1]), ["p299"]);
 }
 
+/// Re-sealing a DEK is a compare-and-set on exactly the DEK: it changes the
+/// key id and wrapped DEK and nothing else, and only over the DEK it expects.
+async fn reseal_swaps_only_the_expected_dek(store: Arc<dyn Store>) {
+    write(&*store, T, "p", 1).await.unwrap();
+    let mut graced = version(2);
+    graced.expires_at = Some(Utc::now());
+    let commit = Commit {
+        record: record("p", 2, 2),
+        versions: vec![graced.clone()],
+        expected_latest: 1,
+        prune: vec![],
+    };
+    store.commit(T, &commit).await.unwrap();
+    let before = store.versions(T, "p").await.unwrap();
+    let expected = before[1].sealed.clone();
+    let rewrapped = Sealed {
+        kek_id: "k2".into(),
+        // All ones: base64 `////…`, which Lua's cjson writes escaped.
+        wrapped_dek: vec![0xFF; 60],
+        ciphertext: vec![0xCD; 40],
+    };
+    assert!(store
+        .reseal(T, "p", 2, &expected, &rewrapped)
+        .await
+        .unwrap());
+    let after = store.versions(T, "p").await.unwrap();
+    assert_eq!(after[0], before[0], "other versions are untouched");
+    let v2 = &after[1];
+    assert_eq!(v2.sealed.kek_id, "k2");
+    assert_eq!(v2.sealed.wrapped_dek, rewrapped.wrapped_dek);
+    assert_eq!(
+        v2.sealed.ciphertext, expected.ciphertext,
+        "ciphertext untouched"
+    );
+    assert_eq!(v2.expires_at, before[1].expires_at);
+    assert_eq!(v2.created_at, before[1].created_at);
+    // The DEK moved on: a second reseal from the old one changes nothing.
+    let stale = Sealed {
+        kek_id: "k3".into(),
+        ..rewrapped.clone()
+    };
+    assert!(!store.reseal(T, "p", 2, &expected, &stale).await.unwrap());
+    assert_eq!(store.versions(T, "p").await.unwrap(), after);
+    assert!(!store.reseal(T, "p", 9, &expected, &stale).await.unwrap());
+    assert!(!store
+        .reseal("other", "p", 2, &rewrapped, &stale)
+        .await
+        .unwrap());
+    assert!(store.versions("other", "p").await.unwrap().is_empty());
+}
+
+/// The next announcement, failing the test if none comes within 5 s.
+async fn next_change(changes: &mut ChangeStream) -> Change {
+    tokio::time::timeout(Duration::from_secs(5), changes.next())
+        .await
+        .expect("an announcement within 5 s")
+        .expect("the subscription is still alive")
+}
+
+/// Asserts nothing more is announced for a little while.
+async fn no_more_changes(changes: &mut ChangeStream) {
+    if let Ok(extra) = tokio::time::timeout(Duration::from_millis(200), changes.next()).await {
+        panic!("unexpected announcement {extra:?}");
+    }
+}
+
+fn grant(id: &str, path: &str) -> Grant {
+    Grant {
+        grant_id: id.into(),
+        agent_id: "spiffe://td/agent/acme/other".into(),
+        path: path.into(),
+        created_at: Utc::now(),
+        created_by: "spiffe://td/agent/acme/bot".into(),
+        role: None,
+    }
+}
+
+fn token_and_approval() -> (TokenRecord, ApprovalRecord) {
+    let now = Utc::now();
+    let token = TokenRecord {
+        hash: "ab".repeat(32),
+        scope: "secrets:read:a".into(),
+        expires_at: now + chrono::Duration::minutes(5),
+        max_uses: Some(2),
+        approval_id: Some("ap_1".into()),
+        description: None,
+        created_at: now,
+        created_by: "spiffe://td/agent/acme/bot".into(),
+        agent_id: "spiffe://td/agent/acme/bot".into(),
+        role: None,
+        tier: Tier::Critical,
+    };
+    let approval = ApprovalRecord {
+        approval_id: "ap_1".into(),
+        token_hash: token.hash.clone(),
+        scope: token.scope.clone(),
+        tier: Tier::Critical,
+        requested_by: token.created_by.clone(),
+        created_at: now,
+        status: ApprovalStatus::Pending,
+        decided_by: None,
+        decided_at: None,
+    };
+    (token, approval)
+}
+
+async fn every_write_announces_what_it_changed(store: Arc<dyn Store>) {
+    let mut changes = store.changes(T).await.unwrap();
+    let mut elsewhere = store.changes("other").await.unwrap();
+
+    write(&*store, T, "a", 1).await.unwrap();
+    assert_eq!(next_change(&mut changes).await, Change::Secret("a".into()));
+    let both = [
+        Commit {
+            record: record("b", 1, 1),
+            versions: vec![version(1)],
+            expected_latest: 0,
+            prune: vec![],
+        },
+        Commit {
+            record: record("a", 2, 1),
+            versions: vec![],
+            expected_latest: 1,
+            prune: vec![],
+        },
+    ];
+    store.commit_all(T, &both).await.unwrap();
+    let mut got = vec![
+        next_change(&mut changes).await,
+        next_change(&mut changes).await,
+    ];
+    got.sort_by_key(|c| format!("{c:?}"));
+    assert_eq!(
+        got,
+        [Change::Secret("a".into()), Change::Secret("b".into())]
+    );
+    // A commit that conflicts changes nothing and announces nothing.
+    assert!(write(&*store, T, "a", 1).await.is_err());
+    no_more_changes(&mut changes).await;
+
+    store.put_grant(T, &grant("g1", "a")).await.unwrap();
+    assert_eq!(next_change(&mut changes).await, Change::Grants);
+    store.put_grant(T, &grant("g2", "b")).await.unwrap();
+    assert_eq!(next_change(&mut changes).await, Change::Grants);
+    assert!(store.delete_grant(T, "g2").await.unwrap());
+    assert_eq!(next_change(&mut changes).await, Change::Grants);
+    assert!(!store.delete_grant(T, "g2").await.unwrap());
+    no_more_changes(&mut changes).await;
+
+    // Deleting a secret also drops its grants, and says so.
+    assert!(store.delete(T, "a").await.unwrap());
+    assert_eq!(next_change(&mut changes).await, Change::Secret("a".into()));
+    assert_eq!(next_change(&mut changes).await, Change::Grants);
+    assert!(store.delete(T, "b").await.unwrap());
+    assert_eq!(next_change(&mut changes).await, Change::Secret("b".into()));
+    no_more_changes(&mut changes).await;
+
+    let (token, approval) = token_and_approval();
+    store
+        .create_token(T, &token, Some(&approval))
+        .await
+        .unwrap();
+    assert_eq!(next_change(&mut changes).await, Change::Tokens);
+    let approved = ApprovalRecord {
+        status: ApprovalStatus::Approved,
+        ..approval
+    };
+    assert!(store.decide_approval(T, &approved).await.unwrap());
+    assert_eq!(next_change(&mut changes).await, Change::Tokens);
+    // Spending a use is not announced; token checks always ask the store.
+    store.use_token(T, &token.hash, Utc::now()).await.unwrap();
+    no_more_changes(&mut changes).await;
+
+    // Nothing of this tenant reached the other tenant's subscriber.
+    no_more_changes(&mut elsewhere).await;
+    write(&*store, "other", "a", 1).await.unwrap();
+    assert_eq!(
+        next_change(&mut elsewhere).await,
+        Change::Secret("a".into())
+    );
+    no_more_changes(&mut changes).await;
+}
+
+async fn every_subscriber_hears_every_change(store: Arc<dyn Store>) {
+    let mut first = store.changes(T).await.unwrap();
+    let mut second = store.changes(T).await.unwrap();
+    for n in 1..=20 {
+        write(&*store, T, "p", n).await.unwrap();
+    }
+    for changes in [&mut first, &mut second] {
+        for _ in 1..=20 {
+            assert_eq!(next_change(changes).await, Change::Secret("p".into()));
+        }
+    }
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod redis_store {
@@ -442,6 +872,30 @@ macro_rules! conformance {
                 std::sync::Arc::new(super::RedisStore::new(super::RedisTarget::Standalone(server.url())))
             }
         }
+        /// Every test again as the ACL user `agentvault redis-acl` defines,
+        /// for each tenant the suite uses: any command the store sends that
+        /// is not in `SIDECAR_COMMANDS` fails here with NOPERM.
+        mod redis_acl_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let server = crate::support::RedisServer::start();
+                    let store = super::acl_store(&server);
+                    super::$name(store).await;
+                }
+            )*
+        }
+        /// And as that ACL user on a three-node Redis Cluster.
+        mod redis_cluster_acl_store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let cluster = crate::support::cluster::RedisCluster::start();
+                    let store = super::cluster_acl_store(&cluster);
+                    super::$name(store).await;
+                }
+            )*
+        }
         mod embedded_store {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -455,7 +909,44 @@ macro_rules! conformance {
     };
 }
 
+const ACL_PASSWORD: &str = "conformance-password";
+
+/// The `ACL SETUSER` line of a user confined to the suite's tenants.
+fn suite_acl_line() -> String {
+    use sha2::Digest;
+    let digest: String = sha2::Sha256::digest(ACL_PASSWORD.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    acl_setuser("suite", &[T, "t1", "t2", "other", "other-tenant"], &digest)
+}
+
+fn acl_security() -> RedisSecurity {
+    RedisSecurity {
+        password: Some(RedisPassword::new(ACL_PASSWORD.into())),
+        ..RedisSecurity::default()
+    }
+}
+
+/// A Redis store that connects as an ACL user confined to the suite's tenants.
+fn acl_store(server: &support::RedisServer) -> Arc<dyn Store> {
+    support::security::run_acl_line(server, &suite_acl_line());
+    Arc::new(RedisStore::with_security(
+        RedisTarget::Standalone(server.user_url("suite")),
+        acl_security(),
+    ))
+}
+
+fn cluster_acl_store(cluster: &support::cluster::RedisCluster) -> Arc<dyn Store> {
+    cluster.acl(&suite_acl_line());
+    Arc::new(RedisStore::with_security(
+        RedisTarget::Cluster(cluster.urls(Some("suite"))),
+        acl_security(),
+    ))
+}
+
 conformance!(
+    reseal_swaps_only_the_expected_dek,
     reads_what_it_commits,
     stale_writes_conflict_and_change_nothing,
     metadata_only_commits_and_pruning,
@@ -463,12 +954,91 @@ conformance!(
     lists_by_prefix_in_order_after_a_cursor,
     tenants_are_isolated,
     racing_writers_never_share_a_version,
+    fifty_reserved_writers_all_succeed_with_distinct_versions,
+    a_write_that_commits_after_a_higher_number_stays_inactive,
+    guarded_writes_refuse_a_changed_record_and_write_nothing,
+    an_idempotency_key_replays_the_first_answer_and_writes_nothing,
+    a_writes_audit_event_is_stored_with_it_or_not_at_all,
     commit_all_is_all_or_nothing,
     claims_go_to_exactly_one_caller_until_they_lapse,
     audit_appends_in_order_and_reads_newest_first,
     audit_followers_wait_for_new_events_and_resume,
     audit_is_trimmed_to_about_max_len,
+    every_write_announces_what_it_changed,
+    every_subscriber_hears_every_change,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_change_stream_ends_when_its_connection_is_lost() {
+    let server = support::RedisServer::start();
+    let store = RedisStore::new(RedisTarget::Standalone(server.url()));
+    let mut changes = store.changes(T).await.unwrap();
+    write(&store, T, "a", 1).await.unwrap();
+    assert_eq!(next_change(&mut changes).await, Change::Secret("a".into()));
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "pubsub"])
+        .query(&mut server.connection())
+        .unwrap();
+    assert_eq!(killed, 1);
+    let ended = tokio::time::timeout(Duration::from_secs(2), changes.next())
+        .await
+        .expect("the stream notices the lost connection at once");
+    assert_eq!(ended, None, "a lost subscription ends the stream");
+    // A new subscription hears changes again.
+    let mut again = store.changes(T).await.unwrap();
+    write(&store, T, "a", 2).await.unwrap();
+    assert_eq!(next_change(&mut again).await, Change::Secret("a".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_announces_every_tenants_changes_to_a_subscriber_on_any_node() {
+    let cluster = support::RedisCluster::start();
+    let store = RedisStore::new(RedisTarget::Cluster(cluster.urls()));
+    // Tenants whose slots live on different nodes; the subscriber talks to one node.
+    let tenants = ["acme", "globex", "initech", "umbrella", "hooli", "stark"];
+    let mut streams = Vec::new();
+    for tenant in tenants {
+        streams.push(store.changes(tenant).await.unwrap());
+    }
+    let mut owners = std::collections::BTreeSet::new();
+    for tenant in tenants {
+        write(&store, tenant, "a", 1).await.unwrap();
+        for url in cluster.urls() {
+            let mut node = redis::Client::open(url.as_str())
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            // Only the node that owns the slot answers; the others redirect.
+            let held: Result<i64, _> = redis::cmd("EXISTS")
+                .arg(format!("av:{{{tenant}}}:idx"))
+                .query(&mut node);
+            if held == Ok(1) {
+                owners.insert(url);
+            }
+        }
+    }
+    assert!(owners.len() >= 2, "the tenants spread over the nodes");
+    for tenant in tenants {
+        assert!(store.delete(tenant, "a").await.unwrap());
+    }
+    for changes in &mut streams {
+        assert_eq!(next_change(changes).await, Change::Secret("a".into()));
+        assert_eq!(next_change(changes).await, Change::Secret("a".into()));
+        no_more_changes(changes).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_change_subscription_fails_when_unreachable() {
+    let port = support::free_port();
+    let store = RedisStore::new(RedisTarget::Standalone(format!(
+        "redis://127.0.0.1:{port}/"
+    )));
+    assert!(matches!(
+        store.changes(T).await,
+        Err(StoreError::Unavailable(_))
+    ));
+}
 
 #[tokio::test]
 async fn redis_store_reports_unavailable_when_unreachable() {

@@ -3,19 +3,30 @@
 //! same records and pass the same conformance suite (`tests/store_conformance.rs`).
 //! Only ciphertext and metadata ever reach a store.
 
+mod cache;
+mod changes;
 mod embedded;
 mod redis;
 
+pub use self::cache::{CacheSettings, CacheTelemetry, CachedStore, NoCacheTelemetry};
+pub use self::changes::{follow_changes, Change, ChangeStream};
 pub use self::embedded::EmbeddedStore;
-pub use self::redis::{RedisStore, RedisTarget};
+pub use self::redis::{
+    acl_setuser, RedisPassword, RedisSecurity, RedisStore, RedisTarget, RedisTls, SIDECAR_CHANNELS,
+    SIDECAR_COMMANDS,
+};
 
 use async_trait::async_trait;
 
 use chrono::{DateTime, Utc};
 
-use crate::audit::{AuditEntry, AuditEvent, AuditId};
+use std::collections::BTreeMap;
+
+use crate::crypto::Sealed;
+use crate::model::audit::{AuditEntry, AuditEvent, AuditId};
 use crate::model::{
-    ApprovalRecord, ApprovalStatus, Grant, SecretRecord, TokenRecord, VersionRecord,
+    ApprovalRecord, ApprovalStatus, Grant, SecretRecord, SecretType, Tier, TokenRecord,
+    VersionRecord,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +55,168 @@ pub struct Commit {
     pub expected_latest: u64,
     /// Old versions to drop in the same transaction (history retention).
     pub prune: Vec<u64>,
+}
+
+/// A write of one new version whose number was reserved with
+/// [`Store::reserve_version`]. It carries no expectation about the current
+/// record: the number cannot collide with another writer's, and the store
+/// applies `patch` to whatever record is current when it commits, so racing
+/// writers all succeed. Only a change of what the writer's authorization was
+/// decided on (`guard`) fails it, with [`StoreError::Conflict`].
+#[derive(Debug, Clone)]
+pub struct VersionWrite {
+    pub version: VersionRecord,
+    /// The record to create if the secret does not exist when the write commits.
+    pub initial: SecretRecord,
+    pub patch: RecordPatch,
+    pub guard: Guard,
+    /// Old versions to drop (history retention); never the one left active.
+    pub prune: Vec<u64>,
+    /// Stored in the same atomic step as the write, when the request carried a key.
+    pub idempotency: Option<IdempotencyRecord>,
+    /// The write's audit event, appended to the tenant's stream in the same
+    /// atomic step: a crash can lose neither without the other.
+    pub audit: Option<AuditAppend>,
+}
+
+/// One audit event to append with a write, and the stream's length cap.
+#[derive(Debug, Clone)]
+pub struct AuditAppend {
+    pub event: AuditEvent,
+    pub max_len: usize,
+}
+
+/// The fields a write of a new version changes; `None` leaves a field as it is.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RecordPatch {
+    pub updated_at: DateTime<Utc>,
+    /// The new version's expiry, `None` for none (always replaces the old one).
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub secret_type: Option<SecretType>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<Tier>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+impl RecordPatch {
+    /// Applies the write of `version` to `record`: the highest version number
+    /// written is the active one, so a write that commits after a higher
+    /// number did only adds its version, retired with its own expiry. The
+    /// Redis store's `PUT_VERSION` script does exactly the same.
+    pub fn apply(&self, record: &mut SecretRecord, version: u64) {
+        if version < record.latest_version {
+            if let Some(at) = self.expires_at {
+                record.retired_expiry.insert(version, at);
+            }
+            return;
+        }
+        record.activate(version, self.expires_at);
+        record.latest_version = version;
+        record.updated_at = self.updated_at;
+        if let Some(t) = self.secret_type {
+            record.secret_type = t;
+        }
+        if let Some(t) = self.tier {
+            record.tier = t;
+        }
+        if let Some(d) = &self.description {
+            record.description = Some(d.clone());
+        }
+        if let Some(t) = &self.tags {
+            record.tags = t.clone();
+        }
+        if let Some(s) = &self.scope {
+            record.scope = Some(s.clone());
+        }
+    }
+}
+
+/// What a policy decision on a secret depends on: a write commits only if
+/// these are still what the writer was authorized against.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Guard {
+    pub owner: String,
+    pub scope: Option<String>,
+    pub tier: Tier,
+    /// The active version the write requires (a compare-and-set; 0: no
+    /// secret yet), or any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active: Option<u64>,
+}
+
+impl Guard {
+    /// The guard of a write authorized against `record`, with no compare-and-set.
+    pub fn of(record: &SecretRecord) -> Self {
+        Self {
+            owner: record.owner.clone(),
+            scope: record.scope.clone(),
+            tier: record.tier,
+            active: None,
+        }
+    }
+
+    /// Whether a write authorized under this guard may commit on top of
+    /// `current` (or create `initial` when there is none).
+    pub fn admits(&self, current: Option<&SecretRecord>, initial: &SecretRecord) -> bool {
+        let record = current.unwrap_or(initial);
+        record.owner == self.owner
+            && record.scope == self.scope
+            && record.tier == self.tier
+            && self
+                .active
+                .is_none_or(|a| a == current.map_or(0, |r| r.active_version))
+    }
+}
+
+/// The first answer to a write that carried an `Idempotency-Key`, kept for
+/// `ttl` under the tenant's keys so a retry on any sidecar gets it back.
+#[derive(Debug, Clone)]
+pub struct IdempotencyRecord {
+    pub key: String,
+    /// Opaque to the store (the vault's JSON); never holds a secret value.
+    pub answer: Vec<u8>,
+    pub ttl: std::time::Duration,
+}
+
+/// How a write that may carry an [`IdempotencyRecord`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Idempotent<T> {
+    /// Written (with its record, if it had one).
+    Applied(T),
+    /// Its key was taken already, by an earlier write or one that raced it;
+    /// nothing was written. Holds that write's answer.
+    Replayed(Vec<u8>),
+}
+
+impl<T> Idempotent<T> {
+    /// The outcome of a write that carried no record, which cannot be replayed.
+    pub fn applied(self) -> Result<T, StoreError> {
+        match self {
+            Self::Applied(done) => Ok(done),
+            Self::Replayed(_) => Err(StoreError::Corrupt {
+                path: "idempotency".into(),
+                reason: "the store replayed a write that had no idempotency key".into(),
+            }),
+        }
+    }
+}
+
+/// How a [`VersionWrite`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Applied,
+    /// Applied, but the audit stream would not take its event (a damaged
+    /// stream key); the caller must record the event another way.
+    AppliedUnaudited,
+    /// Its idempotency key was taken already, by an earlier write or one that
+    /// raced it; nothing was written. Holds that write's answer.
+    Replayed(Vec<u8>),
 }
 
 /// What presenting a token did. Only `Spent` used up one of its uses.
@@ -88,11 +261,45 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies every commit, or none of them if any expectation fails. The
     /// commits must name distinct paths.
-    async fn commit_all(&self, tenant: &str, commits: &[Commit]) -> Result<(), StoreError>;
+    async fn commit_all(&self, tenant: &str, commits: &[Commit]) -> Result<(), StoreError> {
+        self.commit_all_once(tenant, commits, None).await?.applied()
+    }
+
+    /// [`Self::commit_all`], with the write's idempotency record stored in
+    /// the same atomic step, unless that key is taken already: then nothing
+    /// is written and the answer stored under it comes back. Even with no
+    /// commits (an import that changes nothing) the record is stored.
+    async fn commit_all_once(
+        &self,
+        tenant: &str,
+        commits: &[Commit],
+        once: Option<&IdempotencyRecord>,
+    ) -> Result<Idempotent<()>, StoreError>;
 
     async fn commit(&self, tenant: &str, commit: &Commit) -> Result<(), StoreError> {
         self.commit_all(tenant, std::slice::from_ref(commit)).await
     }
+
+    /// Reserves a number for a new version of `path`, above every version
+    /// written or reserved before: distinct for every caller on every sidecar
+    /// sharing the store, in one atomic step. A reservation that is never
+    /// committed leaves a gap in the numbering, nothing else.
+    async fn reserve_version(&self, tenant: &str, path: &str) -> Result<u64, StoreError>;
+
+    /// Commits one new version (see [`VersionWrite`]) and its idempotency
+    /// record atomically, unless the idempotency key is taken already.
+    async fn write_version(
+        &self,
+        tenant: &str,
+        write: &VersionWrite,
+    ) -> Result<WriteOutcome, StoreError>;
+
+    /// The answer stored under an idempotency key, if it has not expired.
+    async fn idempotent_answer(
+        &self,
+        tenant: &str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Claims `key` for `ttl` if nobody holds it: true for exactly one of any
     /// number of concurrent callers, on every sidecar sharing the store.
@@ -103,9 +310,37 @@ pub trait Store: Send + Sync + 'static {
         ttl: std::time::Duration,
     ) -> Result<bool, StoreError>;
 
+    /// Replaces the sealed DEK (`kek_id` and `wrapped_dek`) of one stored
+    /// version with `rewrapped`'s if the version still holds `expected`'s,
+    /// atomically against every other writer; its ciphertext and the rest of
+    /// its record stay as they are. False if the version is gone or holds
+    /// another DEK by now (a concurrent rewrap or write), so a rewrap that
+    /// loses a race changes nothing and can simply read again.
+    async fn reseal(
+        &self,
+        tenant: &str,
+        path: &str,
+        version: u64,
+        expected: &Sealed,
+        rewrapped: &Sealed,
+    ) -> Result<bool, StoreError>;
+
     /// Removes the secret, all its versions and the grants of exactly its
     /// path; false if it did not exist.
-    async fn delete(&self, tenant: &str, path: &str) -> Result<bool, StoreError>;
+    async fn delete(&self, tenant: &str, path: &str) -> Result<bool, StoreError> {
+        self.delete_once(tenant, path, None).await?.applied()
+    }
+
+    /// [`Self::delete`], with the idempotency record stored in the same
+    /// atomic step when the secret existed (a delete of nothing keeps no
+    /// answer), unless that key is taken already: then nothing is deleted
+    /// and the answer stored under it comes back.
+    async fn delete_once(
+        &self,
+        tenant: &str,
+        path: &str,
+        once: Option<&IdempotencyRecord>,
+    ) -> Result<Idempotent<bool>, StoreError>;
 
     async fn put_grant(&self, tenant: &str, grant: &Grant) -> Result<(), StoreError>;
 
@@ -164,9 +399,26 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_newest(&self, tenant: &str, limit: usize)
         -> Result<Vec<AuditEntry>, StoreError>;
 
+    /// Up to `limit` audit events after `after`, oldest first, without
+    /// waiting for any (a stream catching up; [`Self::audit_follower`] waits).
+    async fn audit_after(
+        &self,
+        tenant: &str,
+        after: AuditId,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
+
     /// A reader that waits for new audit events, with its own connection so
     /// that its waiting holds up no other request.
     async fn audit_follower(&self, tenant: &str) -> Result<Box<dyn AuditFollower>, StoreError>;
+
+    /// What changes in the tenant's records from now on, on every sidecar
+    /// sharing the store: secrets (write, rollback, rotation, metadata, delete),
+    /// grants, and tokens or approvals. Returns once the subscription is in
+    /// place, so every change committed after that is announced. The stream
+    /// yields [`Change::Resync`] when announcements may have been lost and
+    /// ends when the subscription is lost; anything may have changed since.
+    async fn changes(&self, tenant: &str) -> Result<ChangeStream, StoreError>;
 }
 
 /// Follows one tenant's audit stream.

@@ -2,12 +2,27 @@
 //! tenant's keys share a cluster slot and every multi-key write runs as one Lua
 //! script, on standalone Redis and Redis Cluster alike.
 //!
-//! Layout per tenant: `av:{t}:s:<path>` hash {latest, active, record},
+//! Layout per tenant: `av:{t}:s:<path>` hash {latest, active, record, next (the
+//! highest version number reserved)},
 //! `av:{t}:v:<path>` hash {version → record}, `av:{t}:idx` zset of paths (lex order),
 //! `av:{t}:claim:<name>` one-shot claims with a TTL, `av:{t}:grants` hash {id → grant},
+//! `av:{t}:idem:<key>` the first answer to a write with that `Idempotency-Key` (with a TTL),
 //! `av:{t}:tok:<sha256>` hash {record, uses, approval, exp}, `av:{t}:appr` and
 //! `av:{t}:apprst` hashes {approval id → record / status}, `av:{t}:audit`
 //! stream of audit events (field `e`: the event's JSON).
+//!
+//! A sidecar can be confined by Redis itself to its tenant's keys: [`acl_setuser`]
+//! builds the `ACL SETUSER` line from [`SIDECAR_COMMANDS`] and [`SIDECAR_CHANNELS`],
+//! the one list of what this module sends, and [`RedisSecurity`] carries the
+//! user's password and the TLS settings.
+//!
+//! Change notifications: every write of a secret, grant, token or approval
+//! publishes what it changed (see [`Change`]) to the channel `av:{t}:changes`
+//! inside the same script or transaction as the write, so no subscriber can
+//! see the write without the announcement following it. Plain `PUBLISH`,
+//! which Redis Cluster relays to every node, so a subscriber needs one
+//! connection to any node and a lost connection is a visible end of the
+//! stream (no client-side resubscription that could hide a gap).
 
 use std::time::Duration;
 
@@ -16,30 +31,49 @@ use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
 };
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Script, Value};
+use redis::{
+    ClientTlsConfig, Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Script, TlsCertificates, Value,
+};
 use tokio::sync::OnceCell;
+use zeroize::Zeroizing;
 
 use chrono::{DateTime, Utc};
 
-use super::{decode, encode, AuditFollower, Commit, Snapshot, Store, StoreError, TokenUse};
-use crate::audit::{AuditEntry, AuditEvent, AuditId};
+use super::{
+    decode, encode, AuditFollower, Change, ChangeStream, Commit, IdempotencyRecord, Idempotent,
+    Snapshot, Store, StoreError, TokenUse, VersionWrite, WriteOutcome,
+};
+use crate::crypto::Sealed;
+use crate::model::audit::{AuditEntry, AuditEvent, AuditId};
 use crate::model::{
     ApprovalRecord, ApprovalStatus, Grant, SecretRecord, TokenRecord, VersionRecord,
 };
 
-/// Checks every commit's expected `latest` first and applies them only if all match.
-/// KEYS: index, then (meta, versions) per commit. ARGV: count, then per commit:
-/// expected, latest, active, record, path, n, (version, json) × n, m, pruned × m.
+/// Checks every commit's expected `latest` first (and that a new latest
+/// version's number is free) and applies them only if all match, with the
+/// write's idempotency record unless its key is taken.
+/// KEYS: index, then (meta, versions) per commit, then the idempotency key.
+/// ARGV: count, then per commit: expected, latest, active, record, path, n,
+/// (version, json) × n, m, pruned × m; then the change channel, which hears
+/// each committed path, the idempotent answer ('' for none) and its TTL in ms.
+/// Returns {1} applied, {0} conflict, {2, answer} replayed.
 const COMMIT: &str = r"
 local n = tonumber(ARGV[1])
+local channel, answer, ttl = ARGV[#ARGV - 2], ARGV[#ARGV - 1], ARGV[#ARGV]
+local idem = KEYS[2 * n + 2]
+if answer ~= '' then
+  local prior = redis.call('GET', idem)
+  if prior then return {2, prior} end
+end
 local pos = 2
 local plan = {}
 for i = 1, n do
   local meta, vers = KEYS[2 * i], KEYS[2 * i + 1]
   local cur = tonumber(redis.call('HGET', meta, 'latest') or '0')
-  if cur ~= tonumber(ARGV[pos]) then return 0 end
+  if cur ~= tonumber(ARGV[pos]) then return {0} end
   local c = {meta = meta, vers = vers, latest = ARGV[pos + 1], active = ARGV[pos + 2],
              record = ARGV[pos + 3], path = ARGV[pos + 4], versions = {}, prune = {}}
+  if tonumber(c.latest) ~= cur and redis.call('HGET', vers, c.latest) then return {0} end
   local nv = tonumber(ARGV[pos + 5])
   pos = pos + 6
   for _ = 1, nv do
@@ -60,7 +94,89 @@ for _, c in ipairs(plan) do
   redis.call('HSET', c.meta, 'latest', c.latest, 'active', c.active, 'record', c.record)
   redis.call('ZADD', KEYS[1], 0, c.path)
 end
-return 1
+if answer ~= '' then redis.call('SET', idem, answer, 'PX', ttl) end
+for _, c in ipairs(plan) do redis.call('PUBLISH', channel, 's:' .. c.path) end
+return {1}
+";
+
+/// KEYS: meta. Returns a version number above every one written or reserved.
+const RESERVE: &str = r"
+local latest = tonumber(redis.call('HGET', KEYS[1], 'latest') or '0')
+local reserved = tonumber(redis.call('HGET', KEYS[1], 'next') or '0')
+local v = math.max(latest, reserved) + 1
+redis.call('HSET', KEYS[1], 'next', v)
+return v
+";
+
+/// One new version under a reserved number, rebased onto the current record
+/// exactly as `RecordPatch::apply` does, and its idempotency record.
+/// KEYS: index, meta, versions, idempotency key, audit stream. ARGV:
+/// version, version record, initial record, patch, guard, prune (JSON
+/// array), change channel, path, idempotent answer ('' for none), its TTL in
+/// ms, audit event ('' for none), the stream's MAXLEN.
+/// Returns {1} applied, {3} applied without its audit event, {0} conflict (guard changed, or the number was taken
+/// by another write after a delete reset the numbering), {2, answer} replayed.
+const PUT_VERSION: &str = r"
+if ARGV[9] ~= '' then
+  local prior = redis.call('GET', KEYS[4])
+  if prior then return {2, prior} end
+end
+local taken = redis.call('HGET', KEYS[3], ARGV[1])
+if taken then
+  if taken == ARGV[2] then return {1} end
+  return {0}
+end
+local function opt(x) if x == cjson.null then return nil end return x end
+local v = tonumber(ARGV[1])
+local raw = redis.call('HGET', KEYS[2], 'record')
+local rec
+if raw then rec = cjson.decode(raw) else rec = cjson.decode(ARGV[3]) end
+local g = cjson.decode(ARGV[5])
+if rec.owner ~= g.owner or opt(rec.scope) ~= opt(g.scope) or rec.tier ~= g.tier then
+  return {0}
+end
+if g.active ~= nil and (raw and rec.active_version or 0) ~= g.active then return {0} end
+-- The event first, and guarded: a stream that cannot take it (a broken
+-- key) must not fail the write half-way; the caller then queues the event.
+local audited = 1
+if ARGV[11] ~= '' then
+  local added = redis.pcall('XADD', KEYS[5], 'MAXLEN', '~', ARGV[12], '*', 'e', ARGV[11])
+  if type(added) == 'table' and added.err then audited = 0 end
+end
+if type(rec.retired_expiry) ~= 'table' then rec.retired_expiry = {} end
+local ret = rec.retired_expiry
+if raw then
+  local p = cjson.decode(ARGV[4])
+  if v < rec.latest_version then
+    if opt(p.expires_at) then ret[tostring(v)] = p.expires_at end
+  else
+    if v ~= rec.active_version then
+      if opt(rec.expires_at) then ret[tostring(rec.active_version)] = rec.expires_at end
+      ret[tostring(v)] = nil
+      rec.active_version = v
+      rec.expires_at = p.expires_at
+    end
+    rec.latest_version = v
+    rec.updated_at = p.updated_at
+    for _, f in ipairs({'type', 'tier', 'description', 'tags', 'scope'}) do
+      if p[f] ~= nil then rec[f] = p[f] end
+    end
+  end
+end
+for _, x in ipairs(cjson.decode(ARGV[6])) do
+  if x ~= rec.active_version and x ~= v then
+    redis.call('HDEL', KEYS[3], tostring(x))
+    ret[tostring(x)] = nil
+  end
+end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], 'latest', tostring(rec.latest_version),
+  'active', tostring(rec.active_version), 'record', cjson.encode(rec))
+redis.call('ZADD', KEYS[1], 0, ARGV[8])
+if ARGV[9] ~= '' then redis.call('SET', KEYS[4], ARGV[9], 'PX', ARGV[10]) end
+redis.call('PUBLISH', ARGV[7], 's:' .. ARGV[8])
+if audited == 0 then return {3} end
+return {1}
 ";
 
 const READ: &str = r"
@@ -71,16 +187,32 @@ if v == '' then v = meta[2] end
 return {meta[1], redis.call('HGET', KEYS[2], v)}
 ";
 
-/// KEYS: meta, versions, index, grants. Also drops the grants of exactly this path.
+/// KEYS: meta, versions, index, grants, idempotency key. ARGV: path, change
+/// channel, idempotent answer ('' for none), its TTL in ms. Also drops the
+/// grants of exactly this path. Returns {1, existed} or {2, answer} replayed;
+/// the answer is kept only when there was something to delete.
 const DELETE: &str = r"
-local existed = redis.call('DEL', KEYS[1])
+if ARGV[3] ~= '' then
+  local prior = redis.call('GET', KEYS[5])
+  if prior then return {2, prior} end
+end
+local existed = 0
+if redis.call('HGET', KEYS[1], 'record') then existed = 1 end
+redis.call('DEL', KEYS[1])
 redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
 local grants = redis.call('HGETALL', KEYS[4])
+local dropped = 0
 for i = 1, #grants, 2 do
-  if cjson.decode(grants[i + 1]).path == ARGV[1] then redis.call('HDEL', KEYS[4], grants[i]) end
+  if cjson.decode(grants[i + 1]).path == ARGV[1] then
+    redis.call('HDEL', KEYS[4], grants[i])
+    dropped = dropped + 1
+  end
 end
-return existed
+if existed == 1 and ARGV[3] ~= '' then redis.call('SET', KEYS[5], ARGV[3], 'PX', ARGV[4]) end
+redis.call('PUBLISH', ARGV[2], 's:' .. ARGV[1])
+if dropped > 0 then redis.call('PUBLISH', ARGV[2], 'g') end
+return {1, existed}
 ";
 
 /// KEYS: token, approval statuses. ARGV: now (ms). Returns {code, record, uses left}
@@ -100,17 +232,196 @@ end
 return {1, t[1], ''}
 ";
 
-/// KEYS: approvals, approval statuses. ARGV: id, new status, record.
+/// KEYS: approvals, approval statuses. ARGV: id, new status, record, change channel.
 const DECIDE: &str = r"
 if redis.call('HGET', KEYS[2], ARGV[1]) ~= 'pending' then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('PUBLISH', ARGV[4], 't')
 return 1
+";
+
+/// KEYS: versions. ARGV: version, expected kek_id, expected wrapped_dek,
+/// new kek_id, new wrapped_dek (both DEKs base64, as records store them),
+/// change channel, path (announced, so caches drop the old sealed DEK).
+/// Only the two DEK fields change; every number in a version record is small
+/// enough for cjson to re-encode exactly.
+const RESEAL: &str = r"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return 0 end
+local rec = cjson.decode(cur)
+if rec.sealed.kek_id ~= ARGV[2] or rec.sealed.wrapped_dek ~= ARGV[3] then return 0 end
+rec.sealed.kek_id = ARGV[4]
+rec.sealed.wrapped_dek = ARGV[5]
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(rec))
+redis.call('PUBLISH', ARGV[6], 's:' .. ARGV[7])
+return 1
+";
+
+/// Every command this module sends, directly, from its Lua scripts or from
+/// the client library (connection set-up, cluster topology), as ACL names.
+/// The one source of truth for `agentvault redis-acl`: code that sends a new
+/// command adds it here, and the conformance suite, run as an ACL user built
+/// from this list, fails if it is missing.
+pub const SIDECAR_COMMANDS: &[&str] = &[
+    // health (the client library's `CLIENT SETINFO` needs no grant: its
+    // failure is ignored, and Redis before 7.2 has no such command)
+    "ping",
+    // scripts (EVALSHA, and SCRIPT LOAD when the server does not know one yet)
+    "evalsha",
+    "script|load",
+    // secrets, versions, index, grants, tokens and approvals
+    "get",
+    "hget",
+    "hmget",
+    "hset",
+    "hmset",
+    "hdel",
+    "hvals",
+    "hgetall",
+    "hincrby",
+    "del",
+    "zadd",
+    "zrem",
+    "zrangebylex",
+    "set",
+    "pexpireat",
+    // MULTI/EXEC of atomic pipelines (tokens, audit batches)
+    "multi",
+    "exec",
+    // audit stream
+    "xadd",
+    "xrevrange",
+    "xrange",
+    "xread",
+    // change announcements (from the write scripts) and their subscriber
+    "publish",
+    "subscribe",
+    "unsubscribe",
+    // Redis Cluster topology
+    "cluster|slots",
+];
+
+/// The pub/sub channels this module uses, with `{tenant}` for the tenant's
+/// name; `redis-acl` grants exactly these.
+pub const SIDECAR_CHANNELS: &[&str] = &["av:{tenant}:changes"];
+
+/// The `ACL SETUSER` line that lets `user` run [`SIDECAR_COMMANDS`] on the
+/// keys of `tenants` only (their `av:{tenant}:*` keys and
+/// [`SIDECAR_CHANNELS`]), authenticated by the password whose SHA-256 is
+/// `password_sha256` (hex), so the password itself never appears in it.
+/// `reset` first drops whatever the user could do before.
+pub fn acl_setuser(user: &str, tenants: &[&str], password_sha256: &str) -> String {
+    let mut line = format!("ACL SETUSER {user} reset on #{password_sha256} resetchannels");
+    for tenant in tenants {
+        line.push_str(&format!(" ~{}", tenant_key(tenant, "*")));
+        for channel in SIDECAR_CHANNELS {
+            line.push_str(&format!(
+                " &{}",
+                channel.replace("{tenant}", &format!("{{{tenant}}}"))
+            ));
+        }
+    }
+    line.push_str(" -@all");
+    for command in SIDECAR_COMMANDS {
+        line.push_str(&format!(" +{command}"));
+    }
+    line
+}
+
+/// How a sidecar authenticates to Redis and checks Redis's certificate. The
+/// ACL user's name and password from here (flags, files or the environment)
+/// win over any in the URL, so neither need be written into a pod spec or a
+/// URL shared by every tenant. The password is never printed.
+#[derive(Clone, Default)]
+pub struct RedisSecurity {
+    /// The ACL user; `None` keeps the URL's (or Redis's `default` user).
+    pub username: Option<String>,
+    pub password: Option<RedisPassword>,
+    /// TLS settings for `rediss://` URLs.
+    pub tls: Option<RedisTls>,
+}
+
+/// A Redis ACL user's password: zeroized on drop, redacted in `Debug`.
+#[derive(Clone)]
+pub struct RedisPassword(Zeroizing<String>);
+
+impl RedisPassword {
+    pub fn new(password: String) -> Self {
+        Self(Zeroizing::new(password))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for RedisPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedisPassword(<redacted>)")
+    }
+}
+
+/// PEM files read at start-up: the CA that signed Redis's certificate (the
+/// system roots when `None`) and an optional client certificate and key for
+/// Redis's `tls-auth-clients`.
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    pub ca_pem: Option<Vec<u8>>,
+    pub client_cert_pem: Option<Vec<u8>>,
+    pub client_key_pem: Option<Zeroizing<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for RedisSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tls = self.tls.as_ref();
+        f.debug_struct("RedisSecurity")
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("tls", &tls.is_some())
+            .field("ca", &tls.is_some_and(|t| t.ca_pem.is_some()))
+            .field(
+                "client_cert",
+                &tls.is_some_and(|t| t.client_cert_pem.is_some()),
+            )
+            .finish()
+    }
+}
+
+impl RedisTls {
+    fn certificates(&self) -> TlsCertificates {
+        let client_tls = match (&self.client_cert_pem, &self.client_key_pem) {
+            (Some(cert), Some(key)) => Some(ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.to_vec(),
+            }),
+            _ => None,
+        };
+        TlsCertificates {
+            client_tls,
+            root_cert: self.ca_pem.clone(),
+        }
+    }
+}
+/// KEYS: grants. ARGV: grant id, record, change channel.
+const PUT_GRANT: &str = r"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], 'g')
+return 1
+";
+
+/// KEYS: grants. ARGV: grant id, change channel. Announces only a real removal.
+const DELETE_GRANT: &str = r"
+local removed = redis.call('HDEL', KEYS[1], ARGV[1])
+if removed == 1 then redis.call('PUBLISH', ARGV[2], 'g') end
+return removed
 ";
 
 /// How long one Redis call may take before the request answers `unavailable`.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The first pause between reconnect attempts (doubling from there).
+const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(5);
 /// The longest one blocking `XREAD` waits, well inside its connection's timeout.
 const MAX_FOLLOW_WAIT: Duration = Duration::from_secs(30);
 const FOLLOW_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -177,12 +488,18 @@ impl ConnectionLike for Conn {
 /// `unavailable`) while Redis is still down, and reconnects on its own.
 pub struct RedisStore {
     target: RedisTarget,
+    security: RedisSecurity,
     conn: OnceCell<Conn>,
+    reseal: Script,
     commit: Script,
+    reserve: Script,
+    put_version: Script,
     read: Script,
     delete: Script,
     use_token: Script,
     decide: Script,
+    put_grant: Script,
+    delete_grant: Script,
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -199,6 +516,29 @@ fn index_key(tenant: &str) -> String {
 
 fn tenant_key(tenant: &str, name: &str) -> String {
     format!("av:{{{tenant}}}:{name}")
+}
+
+/// Where the answer to a write with an `Idempotency-Key` is kept.
+fn idempotency_key(tenant: &str, key_name: &str) -> String {
+    tenant_key(tenant, &format!("idem:{key_name}"))
+}
+
+/// The key, answer and TTL (ms) a write script gets for its idempotency
+/// record; with none, a key in the tenant's slot and an empty answer.
+fn once_args(tenant: &str, once: Option<&IdempotencyRecord>) -> (String, Vec<u8>, u64) {
+    match once {
+        Some(i) => (
+            idempotency_key(tenant, &i.key),
+            i.answer.clone(),
+            i.ttl.as_millis().max(1) as u64,
+        ),
+        None => (idempotency_key(tenant, ""), Vec::new(), 0),
+    }
+}
+
+/// The tenant's change channel; its hash tag is the tenant's, like its keys'.
+fn changes_channel(tenant: &str) -> String {
+    tenant_key(tenant, "changes")
 }
 
 /// A connection of its own for blocking reads of the audit stream.
@@ -293,7 +633,7 @@ impl RedisStore {
     async fn follow_conn(&self) -> Result<FollowConn, StoreError> {
         match &self.target {
             RedisTarget::Standalone(url) => {
-                let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
+                let client = self.standalone_client(url)?;
                 let config = redis::AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(CONNECT_TIMEOUT))
                     .set_response_timeout(Some(FOLLOW_RESPONSE_TIMEOUT));
@@ -304,7 +644,8 @@ impl RedisStore {
                 Ok(FollowConn::Standalone(conn))
             }
             RedisTarget::Cluster(urls) => {
-                let client = redis::cluster::ClusterClientBuilder::new(urls.clone())
+                let client = self
+                    .cluster_builder(urls)?
                     .connection_timeout(CONNECT_TIMEOUT)
                     .response_timeout(FOLLOW_RESPONSE_TIMEOUT)
                     .build()
@@ -316,15 +657,60 @@ impl RedisStore {
     }
 
     pub fn new(target: RedisTarget) -> Self {
+        Self::with_security(target, RedisSecurity::default())
+    }
+
+    /// A store that authenticates and verifies Redis as `security` says.
+    pub fn with_security(target: RedisTarget, security: RedisSecurity) -> Self {
         Self {
             target,
+            security,
             conn: OnceCell::new(),
+            reseal: Script::new(RESEAL),
             commit: Script::new(COMMIT),
+            reserve: Script::new(RESERVE),
+            put_version: Script::new(PUT_VERSION),
             read: Script::new(READ),
             delete: Script::new(DELETE),
             use_token: Script::new(USE_TOKEN),
             decide: Script::new(DECIDE),
+            put_grant: Script::new(PUT_GRANT),
+            delete_grant: Script::new(DELETE_GRANT),
         }
+    }
+
+    fn standalone_client(&self, url: &str) -> Result<redis::Client, StoreError> {
+        let mut info = url.into_connection_info().map_err(unavailable)?;
+        let mut settings = info.redis_settings().clone();
+        if let Some(username) = &self.security.username {
+            settings = settings.set_username(username);
+        }
+        if let Some(password) = &self.security.password {
+            settings = settings.set_password(password.expose());
+        }
+        info = info.set_redis_settings(settings);
+        match &self.security.tls {
+            Some(tls) => redis::Client::build_with_tls(info, tls.certificates()),
+            None => redis::Client::open(info),
+        }
+        .map_err(unavailable)
+    }
+
+    fn cluster_builder(
+        &self,
+        urls: &[String],
+    ) -> Result<redis::cluster::ClusterClientBuilder, StoreError> {
+        let mut builder = redis::cluster::ClusterClientBuilder::new(urls.to_vec());
+        if let Some(username) = &self.security.username {
+            builder = builder.username(username.clone());
+        }
+        if let Some(password) = &self.security.password {
+            builder = builder.password(password.expose());
+        }
+        if let Some(tls) = &self.security.tls {
+            builder = builder.certs(tls.certificates());
+        }
+        Ok(builder)
     }
 
     async fn conn(&self) -> Result<Conn, StoreError> {
@@ -333,11 +719,15 @@ impl RedisStore {
             .get_or_try_init(|| async {
                 match &self.target {
                     RedisTarget::Standalone(url) => {
-                        let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
+                        let client = self.standalone_client(url)?;
                         let config = ConnectionManagerConfig::new()
                             .set_connection_timeout(Some(CONNECT_TIMEOUT))
                             .set_response_timeout(Some(RESPONSE_TIMEOUT))
-                            .set_number_of_retries(1);
+                            .set_number_of_retries(1)
+                            // redis-rs waits 100 ms at least between connect
+                            // attempts: after an outage, that was most of the
+                            // time before the first answer.
+                            .set_min_delay(RECONNECT_MIN_DELAY);
                         let manager = client
                             .get_connection_manager_with_config(config)
                             .await
@@ -345,7 +735,8 @@ impl RedisStore {
                         Ok::<_, StoreError>(Conn::Standalone(manager))
                     }
                     RedisTarget::Cluster(urls) => {
-                        let client = redis::cluster::ClusterClientBuilder::new(urls.clone())
+                        let client = self
+                            .cluster_builder(urls)?
                             .connection_timeout(CONNECT_TIMEOUT)
                             .response_timeout(RESPONSE_TIMEOUT)
                             .build()
@@ -412,9 +803,14 @@ impl Store for RedisStore {
         Ok(versions)
     }
 
-    async fn commit_all(&self, tenant: &str, commits: &[Commit]) -> Result<(), StoreError> {
-        if commits.is_empty() {
-            return Ok(());
+    async fn commit_all_once(
+        &self,
+        tenant: &str,
+        commits: &[Commit],
+        once: Option<&IdempotencyRecord>,
+    ) -> Result<Idempotent<()>, StoreError> {
+        if commits.is_empty() && once.is_none() {
+            return Ok(Idempotent::Applied(()));
         }
         let mut conn = self.conn().await?;
         let mut invocation = self.commit.prepare_invoke();
@@ -438,15 +834,85 @@ impl Store for RedisStore {
                 invocation.arg(*old);
             }
         }
-        let applied: i64 = invocation
+        let (idem_key, answer, ttl_ms) = once_args(tenant, once);
+        invocation
+            .key(idem_key)
+            .arg(changes_channel(tenant))
+            .arg(answer)
+            .arg(ttl_ms);
+        let reply: Vec<Value> = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        if applied == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict)
+        match reply.as_slice() {
+            [Value::Int(1)] => Ok(Idempotent::Applied(())),
+            [Value::Int(2), Value::BulkString(prior)] => Ok(Idempotent::Replayed(prior.clone())),
+            _ => Err(StoreError::Conflict),
         }
+    }
+
+    async fn reserve_version(&self, tenant: &str, path: &str) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        self.reserve
+            .key(key(tenant, "s", path))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn write_version(
+        &self,
+        tenant: &str,
+        write: &VersionWrite,
+    ) -> Result<WriteOutcome, StoreError> {
+        let path = &write.initial.path;
+        let mut conn = self.conn().await?;
+        let (idem_key, answer, ttl_ms) = once_args(tenant, write.idempotency.as_ref());
+        let (event, max_len) = match &write.audit {
+            Some(a) => (encode(&a.event), a.max_len.max(1)),
+            None => (Vec::new(), 1),
+        };
+        let reply: Vec<Value> = self
+            .put_version
+            .key(index_key(tenant))
+            .key(key(tenant, "s", path))
+            .key(key(tenant, "v", path))
+            .key(idem_key)
+            .key(tenant_key(tenant, "audit"))
+            .arg(write.version.version)
+            .arg(encode(&write.version))
+            .arg(encode(&write.initial))
+            .arg(encode(&write.patch))
+            .arg(encode(&write.guard))
+            .arg(encode(&write.prune))
+            .arg(changes_channel(tenant))
+            .arg(path)
+            .arg(answer)
+            .arg(ttl_ms)
+            .arg(event)
+            .arg(max_len)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        match reply.as_slice() {
+            [Value::Int(1)] => Ok(WriteOutcome::Applied),
+            [Value::Int(3)] => Ok(WriteOutcome::AppliedUnaudited),
+            [Value::Int(2), Value::BulkString(prior)] => Ok(WriteOutcome::Replayed(prior.clone())),
+            _ => Err(StoreError::Conflict),
+        }
+    }
+
+    async fn idempotent_answer(
+        &self,
+        tenant: &str,
+        key_name: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("GET")
+            .arg(idempotency_key(tenant, key_name))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)
     }
 
     async fn claim(&self, tenant: &str, key_name: &str, ttl: Duration) -> Result<bool, StoreError> {
@@ -463,28 +929,75 @@ impl Store for RedisStore {
         Ok(won.is_some())
     }
 
-    async fn delete(&self, tenant: &str, path: &str) -> Result<bool, StoreError> {
+    async fn reseal(
+        &self,
+        tenant: &str,
+        path: &str,
+        version: u64,
+        expected: &Sealed,
+        rewrapped: &Sealed,
+    ) -> Result<bool, StoreError> {
+        // The DEKs as version records store them (base64), for the script to compare.
+        let stored = |sealed: &Sealed| {
+            let json = serde_json::to_value(sealed).unwrap_or_default();
+            json["wrapped_dek"].as_str().unwrap_or_default().to_owned()
+        };
         let mut conn = self.conn().await?;
-        let existed: i64 = self
+        let applied: i64 = self
+            .reseal
+            .key(key(tenant, "v", path))
+            .arg(version)
+            .arg(&expected.kek_id)
+            .arg(stored(expected))
+            .arg(&rewrapped.kek_id)
+            .arg(stored(rewrapped))
+            .arg(changes_channel(tenant))
+            .arg(path)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(applied == 1)
+    }
+
+    async fn delete_once(
+        &self,
+        tenant: &str,
+        path: &str,
+        once: Option<&IdempotencyRecord>,
+    ) -> Result<Idempotent<bool>, StoreError> {
+        let mut conn = self.conn().await?;
+        let (idem_key, answer, ttl_ms) = once_args(tenant, once);
+        let reply: Vec<Value> = self
             .delete
             .key(key(tenant, "s", path))
             .key(key(tenant, "v", path))
             .key(index_key(tenant))
             .key(tenant_key(tenant, "grants"))
+            .key(idem_key)
             .arg(path)
+            .arg(changes_channel(tenant))
+            .arg(answer)
+            .arg(ttl_ms)
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        Ok(existed == 1)
+        match reply.as_slice() {
+            [Value::Int(1), Value::Int(existed)] => Ok(Idempotent::Applied(*existed == 1)),
+            [Value::Int(2), Value::BulkString(prior)] => Ok(Idempotent::Replayed(prior.clone())),
+            other => Err(StoreError::Unavailable(format!(
+                "unexpected reply to a delete: {other:?}"
+            ))),
+        }
     }
 
     async fn put_grant(&self, tenant: &str, grant: &Grant) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
-        redis::cmd("HSET")
-            .arg(tenant_key(tenant, "grants"))
+        self.put_grant
+            .key(tenant_key(tenant, "grants"))
             .arg(&grant.grant_id)
             .arg(encode(grant))
-            .query_async::<()>(&mut conn)
+            .arg(changes_channel(tenant))
+            .invoke_async::<()>(&mut conn)
             .await
             .map_err(unavailable)
     }
@@ -501,10 +1014,12 @@ impl Store for RedisStore {
 
     async fn delete_grant(&self, tenant: &str, grant_id: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn().await?;
-        let removed: i64 = redis::cmd("HDEL")
-            .arg(tenant_key(tenant, "grants"))
+        let removed: i64 = self
+            .delete_grant
+            .key(tenant_key(tenant, "grants"))
             .arg(grant_id)
-            .query_async(&mut conn)
+            .arg(changes_channel(tenant))
+            .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
         Ok(removed == 1)
@@ -545,6 +1060,10 @@ impl Store for RedisStore {
                 a.status.as_str(),
             );
         }
+        pipe.cmd("PUBLISH")
+            .arg(changes_channel(tenant))
+            .arg(Change::Tokens.encode())
+            .ignore();
         pipe.query_async::<()>(&mut conn).await.map_err(unavailable)
     }
 
@@ -608,6 +1127,7 @@ impl Store for RedisStore {
             .arg(&decided.approval_id)
             .arg(decided.status.as_str())
             .arg(encode(decided))
+            .arg(changes_channel(tenant))
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -712,10 +1232,155 @@ impl Store for RedisStore {
         stream_entries(reply)
     }
 
+    /// `XRANGE` from the id right after `after` (inclusive ranges; the
+    /// exclusive `(id` form needs Redis 6.2), on the shared connection.
+    async fn audit_after(
+        &self,
+        tenant: &str,
+        after: AuditId,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let start = match after.seq.checked_add(1) {
+            Some(seq) => AuditId { ms: after.ms, seq },
+            None => AuditId {
+                ms: after.ms.saturating_add(1),
+                seq: 0,
+            },
+        };
+        let mut conn = self.conn().await?;
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(tenant_key(tenant, "audit"))
+            .arg(start.to_string())
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit.max(1))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        stream_entries(reply)
+    }
+
     async fn audit_follower(&self, tenant: &str) -> Result<Box<dyn AuditFollower>, StoreError> {
         Ok(Box::new(RedisFollower {
             conn: self.follow_conn().await?,
             key: tenant_key(tenant, "audit"),
         }))
+    }
+
+    async fn changes(&self, tenant: &str) -> Result<ChangeStream, StoreError> {
+        self.subscribe_changes(tenant).await
+    }
+}
+
+/// How often an idle change subscription proves its connection is alive; a
+/// connection that dies silently ends the stream within this plus
+/// [`RESPONSE_TIMEOUT`].
+const CHANGES_KEEPALIVE: Duration = Duration::from_secs(5);
+
+impl RedisStore {
+    /// Subscribes to the tenant's change channel on the first node that
+    /// answers (any node of a cluster hears every `PUBLISH`).
+    async fn subscribe_changes(&self, tenant: &str) -> Result<ChangeStream, StoreError> {
+        let urls = match &self.target {
+            RedisTarget::Standalone(url) => std::slice::from_ref(url),
+            RedisTarget::Cluster(urls) => urls.as_slice(),
+        };
+        let channel = changes_channel(tenant);
+        let mut failure = StoreError::Unavailable("no Redis node to subscribe to".into());
+        for url in urls {
+            match subscribe(url, &channel).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => failure = e,
+            }
+        }
+        Err(failure)
+    }
+}
+
+/// A dedicated RESP2 pub/sub connection to `url`, subscribed to `channel`.
+/// The stream ends when the connection closes or stops answering pings.
+async fn subscribe(url: &str, channel: &str) -> Result<ChangeStream, StoreError> {
+    use futures_util::StreamExt;
+
+    let timed_out = |what: &str| StoreError::Unavailable(format!("{what} timed out"));
+    let client = redis::Client::open(url).map_err(unavailable)?;
+    let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
+        .await
+        .map_err(|_| timed_out("connecting for change notifications"))?
+        .map_err(unavailable)?;
+    let (mut sink, messages) = pubsub.split();
+    tokio::time::timeout(RESPONSE_TIMEOUT, sink.subscribe(channel))
+        .await
+        .map_err(|_| timed_out("SUBSCRIBE"))?
+        .map_err(unavailable)?;
+    let (dead, died) = tokio::sync::oneshot::channel::<()>();
+    let keepalive = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(CHANGES_KEEPALIVE).await;
+            match tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<Value>()).await {
+                Ok(Ok(_)) => {}
+                _ => break,
+            }
+        }
+        drop(dead);
+    });
+    let keepalive = AbortOnDrop(keepalive);
+    let stream = messages
+        .map(move |msg| {
+            // The stream owns the keepalive task: dropping one stops the other.
+            let _owned = &keepalive;
+            Change::decode(msg.get_payload_bytes())
+        })
+        .take_until(died);
+    Ok(ChangeStream::new(stream))
+}
+
+/// Aborts a background task when its owner goes away.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acl_line_confines_the_user_to_its_tenants_keys_and_the_sidecars_commands() {
+        let line = acl_setuser("acme-sidecar", &["acme"], "ab12");
+        let words: Vec<&str> = line.split(' ').collect();
+        assert_eq!(
+            words[..7],
+            [
+                "ACL",
+                "SETUSER",
+                "acme-sidecar",
+                "reset",
+                "on",
+                "#ab12",
+                "resetchannels"
+            ]
+        );
+        let keys: Vec<&&str> = words.iter().filter(|w| w.starts_with('~')).collect();
+        assert_eq!(keys, [&"~av:{acme}:*"]);
+        let channels: Vec<String> = words
+            .iter()
+            .filter_map(|w| w.strip_prefix('&'))
+            .map(str::to_owned)
+            .collect();
+        let expected: Vec<String> = SIDECAR_CHANNELS
+            .iter()
+            .map(|c| c.replace("{tenant}", "{acme}"))
+            .collect();
+        assert_eq!(channels, expected);
+        let all = words.iter().position(|w| *w == "-@all").unwrap();
+        let granted: Vec<&str> = words[all + 1..]
+            .iter()
+            .map(|w| w.strip_prefix('+').unwrap())
+            .collect();
+        assert_eq!(granted, SIDECAR_COMMANDS);
     }
 }

@@ -10,14 +10,15 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{SecretValue, Vault, VaultError, PAGE};
+use super::{no_secret_at, SecretValue, Vault, VaultError, PAGE};
 use crate::audit::EventKind;
 use crate::identity::{Caller, WorkloadIdentity, DEFAULT_ID_PATTERN};
 use crate::model::{
     ApprovalRecord, ApprovalStatus, Grant, SecretPath, SecretRecord, Tier, TokenRecord,
 };
 use crate::policy::{
-    Action, Decision, GrantInput, PolicyInput, Resource, Subject, TokenClaims, TokenScope,
+    Action, Decision, EventInput, GrantInput, PolicyInput, Resource, Subject, TokenClaims,
+    TokenScope,
 };
 use crate::store::TokenUse;
 
@@ -121,6 +122,40 @@ fn random_id(prefix: &str, bytes: usize) -> String {
     format!("{prefix}{}", B64URL.encode(raw))
 }
 
+/// What a refused caller that may not read the secret is told.
+#[derive(Debug, Clone, Copy)]
+enum Unreadable {
+    /// What a path holding nothing answers: `not_found`.
+    NotFound,
+    /// A write over it: refused, with [`PATH_NOT_WRITABLE`] as the only reason.
+    Refused,
+}
+
+/// The only reason a write over a secret the caller may not read is given.
+pub const PATH_NOT_WRITABLE: &str = "this path is not the caller's to write";
+
+/// A caller that no role matched, under `unmapped_callers: refuse`, holds no
+/// authority but its token's: whatever the policy grants the agent, such a
+/// caller gets only what its token's scope names (the policy has already
+/// checked the token's owner, role and tier).
+fn token_only_gate(
+    access: &Access<'_>,
+    action: Action,
+    path: &str,
+    decision: Decision,
+) -> Decision {
+    if !access.caller.token_only || !decision.allow {
+        return decision;
+    }
+    match &access.token {
+        Some(token) if token.action == action.as_str() && covers(&token.pattern, path) => decision,
+        Some(_) => Decision::deny(format!(
+            "caller is mapped to no role: only its token's scope applies, which does not allow {action} here"
+        )),
+        None => Decision::deny("caller is mapped to no role and presented no token"),
+    }
+}
+
 /// The policy's view of what is at a path: the secret, or nothing yet.
 pub(super) fn resource(record: Option<&SecretRecord>, path: &str) -> Resource {
     record.map_or_else(|| Resource::missing(path), Resource::of)
@@ -207,20 +242,53 @@ impl Vault {
         resource: Resource,
         grants: &[Grant],
     ) -> Result<Decision, VaultError> {
+        self.decide_input(access, action, resource, grants, None)
+    }
+
+    /// One policy decision, for an audit event (`event`) or a request.
+    pub(super) fn decide_input(
+        &self,
+        access: &Access<'_>,
+        action: Action,
+        resource: Resource,
+        grants: &[Grant],
+        event: Option<EventInput>,
+    ) -> Result<Decision, VaultError> {
         let input = PolicyInput {
             subject: Subject::new(&self.workload, access.caller),
             action,
             grants: self.matching_grants(grants, &resource),
             resource,
             token: access.token.clone(),
+            event,
         };
         let started = std::time::Instant::now();
         let decided = self.policy.decide(&input);
         self.audit.telemetry().policy_evaluated(started.elapsed());
-        decided.map_err(|e| {
+        let decision = decided.map_err(|e| {
             tracing::error!(error = %e, "policy evaluation failed; denying");
             VaultError::Unavailable(format!("policy evaluation failed: {e}"))
-        })
+        })?;
+        Ok(token_only_gate(
+            access,
+            action,
+            &input.resource.path,
+            decision,
+        ))
+    }
+
+    /// Evaluates a front end's own rule, such as Envoy's decision rule, on the
+    /// same policy set as every other decision. The rule must have been
+    /// compiled in ([`crate::policy::PolicyEngine::load_with`]).
+    pub fn eval_rule(
+        &self,
+        rule: &str,
+        input: regorus::Value,
+    ) -> Result<regorus::Value, crate::policy::PolicyError> {
+        let started = std::time::Instant::now();
+        let result = self.policy.eval_rule(rule, input);
+        self.audit.telemetry().policy_evaluated(started.elapsed());
+        result
     }
 
     /// Loads the grants only when they can matter: for a secret of another agent.
@@ -233,16 +301,48 @@ impl Vault {
         }
     }
 
-    /// Asks the policy; a denial becomes [`VaultError::Denied`] with its reasons.
+    /// Asks the policy; a denial becomes [`VaultError::Denied`] with its
+    /// reasons, unless the caller may not even read the secret: then it gets
+    /// exactly what a path holding nothing gets, `not_found`, so that a refusal
+    /// never tells it that something is there. For the operations here a
+    /// missing path is a 404 (read, versions, delete, rotate, rollback,
+    /// metadata); writes that would create the path use [`Self::authorize_claim`].
+    /// Either way the audit records the denial with every reason.
     pub(super) async fn authorize(
         &self,
         access: &Access<'_>,
         action: Action,
         resource: Resource,
     ) -> Result<(), VaultError> {
+        self.authorize_as(access, action, resource, Unreadable::NotFound)
+            .await
+    }
+
+    /// [`Self::authorize`] for a write that would create the path were it
+    /// free. A secret the caller may not read still refuses such a write: the
+    /// one signal that something is there, so the answer says no more than
+    /// that the path is not the caller's to write.
+    pub(super) async fn authorize_claim(
+        &self,
+        access: &Access<'_>,
+        action: Action,
+        resource: Resource,
+    ) -> Result<(), VaultError> {
+        self.authorize_as(access, action, resource, Unreadable::Refused)
+            .await
+    }
+
+    async fn authorize_as(
+        &self,
+        access: &Access<'_>,
+        action: Action,
+        resource: Resource,
+        unreadable: Unreadable,
+    ) -> Result<(), VaultError> {
         let grants = self.grants_for(&resource).await?;
         let path = resource.path.clone();
         let tier = resource.tier;
+        let existing = resource.exists.then(|| resource.clone());
         let decision = self.decide_with(access, action, resource, &grants)?;
         if decision.allow {
             return self.audit_gate(access.caller, action, &path, tier).await;
@@ -251,12 +351,42 @@ impl Vault {
             caller = %access.caller.spiffe_id, action = %action, path = %path,
             reasons = ?decision.reasons, "denied"
         );
+        let hidden = match existing {
+            Some(_) if action == Action::Read => true,
+            Some(existing) => {
+                !self
+                    .decide_with(access, Action::Read, existing, &grants)?
+                    .allow
+            }
+            None => false,
+        };
         let denied = VaultError::Denied {
             reasons: decision.reasons,
         };
-        Err(self
+        let denied = self
             .audit_refusal(access.caller, Some(action), Some(&path), denied)
-            .await)
+            .await;
+        Err(match (hidden, unreadable) {
+            (false, _) => denied,
+            (true, Unreadable::NotFound) => no_secret_at(&path),
+            (true, Unreadable::Refused) => VaultError::Denied {
+                reasons: vec![PATH_NOT_WRITABLE.to_owned()],
+            },
+        })
+    }
+
+    /// Whether the caller may read what is at `resource`, without recording
+    /// anything: for operations that treat a secret the caller may not read
+    /// as if nothing were there.
+    pub(super) async fn may_read(
+        &self,
+        access: &Access<'_>,
+        resource: &Resource,
+    ) -> Result<bool, VaultError> {
+        let grants = self.grants_for(resource).await?;
+        Ok(self
+            .decide_with(access, Action::Read, resource.clone(), &grants)?
+            .allow)
     }
 
     /// Lets another agent of this tenant read a secret, or every secret under
@@ -276,8 +406,21 @@ impl Vault {
             ));
         }
         parse_pattern("path", path)?;
+        // A secret the caller may not read counts as nothing there: the grant
+        // answers as for a free path and, reaching only this agent's own
+        // secrets, never opens it.
         let target = match SecretPath::parse(path) {
-            Ok(exact) => resource(self.record(&exact).await?.as_ref(), path),
+            Ok(exact) => match self.record(&exact).await? {
+                Some(record) => {
+                    let found = Resource::of(&record);
+                    if self.may_read(&access, &found).await? {
+                        found
+                    } else {
+                        Resource::missing(path)
+                    }
+                }
+                None => Resource::missing(path),
+            },
             Err(_) => Resource::missing(path),
         };
         self.authorize(&access, Action::Grant, target).await?;
@@ -386,7 +529,14 @@ impl Vault {
         if req.description.as_ref().is_some_and(|d| d.len() > 1024) {
             return Err(VaultError::invalid("description", "longer than 1024 bytes"));
         }
-        let covered = self.covered_by(&scope.pattern).await?;
+        // Secrets the caller may not read count as nothing there: a token
+        // never reaches them, and they neither refuse it nor raise its tier.
+        let mut covered = Vec::new();
+        for record in self.covered_by(&scope.pattern).await? {
+            if self.may_read(&access, &Resource::of(&record)).await? {
+                covered.push(record);
+            }
+        }
         if covered.is_empty() {
             self.authorize(&access, Action::Token, Resource::missing(&scope.pattern))
                 .await?;

@@ -8,14 +8,16 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 use super::access::resource;
-use super::{parse_path, PutRequest, SecretValue, Vault, VaultError};
+use super::dotenv;
+use super::{parse_path, IdempotencyKey, PutRequest, SecretValue, Vault, VaultError};
 use crate::audit::EventKind;
-use crate::dotenv;
 use crate::identity::Caller;
 use crate::model::{SecretPath, Tier};
 use crate::policy::{Action, Resource};
+use crate::store::Idempotent;
 
-#[derive(Debug, Deserialize)]
+/// Serialized only for an idempotency digest.
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImportRequest {
     pub dotenv: SecretValue,
@@ -31,7 +33,7 @@ pub struct ImportRequest {
     pub overwrite: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ImportAction {
     Created,
@@ -39,14 +41,14 @@ pub enum ImportAction {
     Skipped,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImportedSecret {
     pub path: String,
     pub tier: Tier,
     pub action: ImportAction,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImportReport {
     pub created: usize,
     pub updated: usize,
@@ -77,6 +79,7 @@ impl Vault {
         &self,
         caller: &Caller,
         req: ImportRequest,
+        key: Option<&IdempotencyKey>,
     ) -> Result<ImportReport, VaultError> {
         let namespace = parse_path(&req.namespace).map_err(|e| match e {
             VaultError::Invalid { message, .. } => VaultError::invalid("namespace", message),
@@ -128,67 +131,87 @@ impl Vault {
             Resource::missing(namespace.as_str()),
         )
         .await?;
-        let report = self
-            .retrying(|| async {
-                let now = Utc::now();
-                let mut commits = Vec::new();
-                let mut secrets = Vec::with_capacity(planned.len());
-                for (path, put) in &planned {
-                    let current = self.record(path).await?;
-                    if !req.dry_run && (current.is_none() || req.overwrite) {
-                        self.authorize(
-                            &access,
-                            Action::Write,
-                            resource(current.as_ref(), path.as_str()),
-                        )
-                        .await?;
+        // A dry run writes nothing, its key included.
+        let once = match req.dry_run {
+            true => None,
+            false => Self::once(key, caller, "import", namespace.as_str(), &req),
+        };
+        let once = once.as_ref();
+        self.at_most_once(once, || async {
+            let report = self
+                .retrying(|| async {
+                    let now = Utc::now();
+                    let mut commits = Vec::new();
+                    let mut secrets = Vec::with_capacity(planned.len());
+                    for (path, put) in &planned {
+                        let current = self.record(path).await?;
+                        if !req.dry_run && (current.is_none() || req.overwrite) {
+                            self.authorize_claim(
+                                &access,
+                                Action::Write,
+                                resource(current.as_ref(), path.as_str()),
+                            )
+                            .await?;
+                        }
+                        let tier = put
+                            .tier
+                            .or(current.as_ref().map(|r| r.tier))
+                            .unwrap_or_default();
+                        let action = match (&current, req.overwrite) {
+                            (None, _) => ImportAction::Created,
+                            (Some(_), false) => ImportAction::Skipped,
+                            (Some(_), true) => ImportAction::Updated,
+                        };
+                        if action != ImportAction::Skipped && !req.dry_run {
+                            commits.push(self.plan_write(path, current, put, now).await?);
+                        }
+                        secrets.push(ImportedSecret {
+                            path: path.to_string(),
+                            tier,
+                            action,
+                        });
                     }
-                    let tier = put
-                        .tier
-                        .or(current.as_ref().map(|r| r.tier))
-                        .unwrap_or_default();
-                    let action = match (&current, req.overwrite) {
-                        (None, _) => ImportAction::Created,
-                        (Some(_), false) => ImportAction::Skipped,
-                        (Some(_), true) => ImportAction::Updated,
+                    let count = |a| secrets.iter().filter(|s| s.action == a).count();
+                    let report = ImportReport {
+                        created: count(ImportAction::Created),
+                        updated: count(ImportAction::Updated),
+                        skipped: count(ImportAction::Skipped),
+                        dry_run: req.dry_run,
+                        secrets,
+                        duplicates: parsed.duplicates.clone(),
                     };
-                    if action != ImportAction::Skipped && !req.dry_run {
-                        commits.push(self.plan_write(path, current, put, now).await?);
-                    }
-                    secrets.push(ImportedSecret {
-                        path: path.to_string(),
-                        tier,
-                        action,
-                    });
-                }
-                self.store
-                    .commit_all(&self.workload.tenant, &commits)
-                    .await?;
-                let count = |a| secrets.iter().filter(|s| s.action == a).count();
-                Ok(ImportReport {
-                    created: count(ImportAction::Created),
-                    updated: count(ImportAction::Updated),
-                    skipped: count(ImportAction::Skipped),
-                    dry_run: req.dry_run,
-                    secrets,
-                    duplicates: parsed.duplicates.clone(),
+                    let record = self.once_record(once, &report)?;
+                    Ok(
+                        match self
+                            .store
+                            .commit_all_once(&self.workload.tenant, &commits, record.as_ref())
+                            .await?
+                        {
+                            Idempotent::Applied(()) => Idempotent::Applied(report),
+                            Idempotent::Replayed(prior) => Idempotent::Replayed(prior),
+                        },
+                    )
                 })
-            })
-            .await?;
-        tracing::debug!(
-            caller = %caller, namespace = %namespace, created = report.created, updated = report.updated,
-            skipped = report.skipped, dry_run = report.dry_run, "dotenv imported"
-        );
-        if !report.dry_run {
-            let events = report
-                .secrets
-                .iter()
-                .filter(|s| s.action != ImportAction::Skipped)
-                .map(|s| self.event(EventKind::Imported, caller, Action::Write, &s.path))
-                .collect();
-            self.audit_all(events).await;
-        }
-        Ok(report)
+                .await?;
+            let Idempotent::Applied(report) = report else {
+                return Ok(report);
+            };
+            tracing::debug!(
+                caller = %caller, namespace = %namespace, created = report.created, updated = report.updated,
+                skipped = report.skipped, dry_run = report.dry_run, "dotenv imported"
+            );
+            if !report.dry_run {
+                let events = report
+                    .secrets
+                    .iter()
+                    .filter(|s| s.action != ImportAction::Skipped)
+                    .map(|s| self.event(EventKind::Imported, caller, Action::Write, &s.path))
+                    .collect();
+                self.audit_all(events).await;
+            }
+            Ok(Idempotent::Applied(report))
+        })
+        .await
     }
 }
 

@@ -9,14 +9,17 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::access::resource;
 use super::{
-    check_not_expired, check_scope, not_found, parse_path, Metadata, PutRequest, SecretValue,
-    Vault, VaultError, Written, PAGE,
+    check_not_expired, check_scope, not_found, parse_path, IdempotencyKey, Metadata, PutRequest,
+    SecretValue, Vault, VaultError, Written, PAGE,
 };
 use crate::audit::EventKind;
 use crate::identity::Caller;
 use crate::model::{SecretPath, SecretType, Tier};
 use crate::policy::{Action, Resource};
-use crate::store::Commit;
+use crate::store::{Commit, Idempotent, StoreError};
+
+/// How often a retention pass after a raced write re-reads and retries.
+const MAX_SETTLE_ATTEMPTS: usize = 8;
 
 /// The longest grace period a rotation may give the version it replaces.
 pub const MAX_GRACE: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -37,7 +40,7 @@ pub struct VersionInfo {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rotated {
     pub new_version: u64,
     pub old_version: u64,
@@ -46,7 +49,9 @@ pub struct Rotated {
 
 /// A change of metadata without a new version. Absent fields stay as they
 /// are; `expires_at: null` removes the expiry.
-#[derive(Debug, Default, Deserialize)]
+/// Serialized only for an idempotency digest, where a field left out and
+/// one given as `null` must differ.
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetadataUpdate {
     #[serde(default, rename = "type")]
@@ -59,7 +64,11 @@ pub struct MetadataUpdate {
     pub tags: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub scope: Option<String>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub expires_at: Option<Option<DateTime<Utc>>>,
 }
 
@@ -125,54 +134,64 @@ impl Vault {
         caller: &Caller,
         path: &str,
         version: u64,
+        key: Option<&IdempotencyKey>,
     ) -> Result<Written, VaultError> {
         let path = parse_path(path)?;
         if version == 0 {
             return Err(VaultError::invalid("version", "versions start at 1"));
         }
         let access = self.access(caller).await?;
-        self.retrying(|| async {
-            let now = Utc::now();
-            let snapshot = self.snapshot(&path, Some(version)).await?;
-            let current = snapshot.as_ref().map(|(record, _)| record);
-            self.authorize(&access, Action::Write, resource(current, path.as_str()))
+        let once = Self::once(key, caller, "rollback", path.as_str(), &version);
+        let once = once.as_ref();
+        self.at_most_once(once, || async {
+            let answer = Written {
+                path: path.to_string(),
+                version,
+            };
+            let record = self.once_record(once, &answer)?;
+            let done = self
+                .retrying(|| async {
+                    let now = Utc::now();
+                    let snapshot = self.snapshot(&path, Some(version)).await?;
+                    let current = snapshot.as_ref().map(|(record, _)| record);
+                    self.authorize(&access, Action::Write, resource(current, path.as_str()))
+                        .await?;
+                    let Some((mut secret, target)) = snapshot else {
+                        return Err(not_found(&path));
+                    };
+                    let mut target = target.ok_or_else(|| {
+                        VaultError::NotFound(format!("secret `{path}` has no version {version}"))
+                    })?;
+                    check_not_expired(&path, &secret, &target, now)?;
+                    // Active again, so a grace period from an earlier rotation no longer applies.
+                    target.expires_at = None;
+                    let restored = secret.retired_expiry.get(&version).copied();
+                    secret.activate(version, restored);
+                    secret.updated_at = now;
+                    let commit = Commit {
+                        expected_latest: secret.latest_version,
+                        record: secret,
+                        versions: vec![target],
+                        prune: Vec::new(),
+                    };
+                    self.commit_once(&commit, record.as_ref()).await
+                })
                 .await?;
-            let Some((mut record, target)) = snapshot else {
-                return Err(not_found(&path));
-            };
-            let mut target = target.ok_or_else(|| {
-                VaultError::NotFound(format!("secret `{path}` has no version {version}"))
-            })?;
-            check_not_expired(&path, &record, &target, now)?;
-            // Active again, so a grace period from an earlier rotation no longer applies.
-            target.expires_at = None;
-            let restored = record.retired_expiry.get(&version).copied();
-            record.activate(version, restored);
-            record.updated_at = now;
-            let commit = Commit {
-                expected_latest: record.latest_version,
-                record,
-                versions: vec![target],
-                prune: Vec::new(),
-            };
-            self.store.commit(&self.workload.tenant, &commit).await?;
-            Ok(())
+            if let Idempotent::Replayed(prior) = done {
+                return Ok(Idempotent::Replayed(prior));
+            }
+            tracing::debug!(caller = %caller, path = %path, version, "secret rolled back");
+            self.audit_done(
+                caller,
+                EventKind::RolledBack,
+                Action::Write,
+                path.as_str(),
+                Some(version),
+            )
+            .await;
+            Ok(Idempotent::Applied(answer))
         })
-        .await?;
-        tracing::debug!(caller = %caller, path = %path, version, "secret rolled back");
-        let path_str = path.as_str();
-        self.audit_done(
-            caller,
-            EventKind::RolledBack,
-            Action::Write,
-            path_str,
-            Some(version),
-        )
-        .await;
-        Ok(Written {
-            path: path.to_string(),
-            version,
-        })
+        .await
     }
 
     /// Writes `value` as the new active version; the version it replaces stays
@@ -183,8 +202,17 @@ impl Vault {
         path: &str,
         value: SecretValue,
         grace: Option<Duration>,
+        key: Option<&IdempotencyKey>,
     ) -> Result<Rotated, VaultError> {
         let path = parse_path(path)?;
+        let once = Self::once(
+            key,
+            caller,
+            "rotate",
+            path.as_str(),
+            &(&value, grace.map(|g| g.as_secs())),
+        );
+        let once = once.as_ref();
         let grace = grace.unwrap_or(self.limits.default_grace);
         if grace > MAX_GRACE {
             return Err(VaultError::invalid(
@@ -200,43 +228,53 @@ impl Vault {
         let grace = chrono::Duration::from_std(grace)
             .map_err(|_| VaultError::invalid("grace_period_seconds", "too long"))?;
         let access = self.access(caller).await?;
-        let rotated = self
-            .retrying(|| async {
-                let now = Utc::now();
-                let snapshot = self.snapshot(&path, None).await?;
-                let current = snapshot.as_ref().map(|(record, _)| record);
-                self.authorize(&access, Action::Rotate, resource(current, path.as_str()))
-                    .await?;
-                let Some((record, old)) = snapshot else {
-                    return Err(not_found(&path));
-                };
-                let mut old = old.ok_or_else(|| {
-                    VaultError::Corrupt(format!("`{path}` has no active version"))
-                })?;
-                let mut commit = self.plan_write(&path, Some(record), &req, now).await?;
-                let grace_end = now + grace;
-                old.expires_at = Some(old.expires_at.map_or(grace_end, |at| at.min(grace_end)));
-                let rotated = Rotated {
-                    new_version: commit.record.active_version,
-                    old_version: old.version,
-                    old_expires_at: commit.record.expiry_of(&old).unwrap_or(grace_end),
-                };
-                commit.versions.push(old);
-                self.store.commit(&self.workload.tenant, &commit).await?;
-                Ok(rotated)
-            })
-            .await?;
-        tracing::debug!(caller = %caller, path = %path, version = rotated.new_version, "secret rotated");
-        let version = Some(rotated.new_version);
-        self.audit_done(
-            caller,
-            EventKind::Rotated,
-            Action::Rotate,
-            path.as_str(),
-            version,
-        )
-        .await;
-        Ok(rotated)
+        self.at_most_once(once, || async {
+            let rotated = self
+                .retrying(|| async {
+                    let now = Utc::now();
+                    let snapshot = self.snapshot(&path, None).await?;
+                    let current = snapshot.as_ref().map(|(record, _)| record);
+                    self.authorize(&access, Action::Rotate, resource(current, path.as_str()))
+                        .await?;
+                    let Some((record, old)) = snapshot else {
+                        return Err(not_found(&path));
+                    };
+                    let mut old = old.ok_or_else(|| {
+                        VaultError::Corrupt(format!("`{path}` has no active version"))
+                    })?;
+                    let mut commit = self.plan_write(&path, Some(record), &req, now).await?;
+                    let grace_end = now + grace;
+                    old.expires_at =
+                        Some(old.expires_at.map_or(grace_end, |at| at.min(grace_end)));
+                    let rotated = Rotated {
+                        new_version: commit.record.active_version,
+                        old_version: old.version,
+                        old_expires_at: commit.record.expiry_of(&old).unwrap_or(grace_end),
+                    };
+                    commit.versions.push(old);
+                    let record = self.once_record(once, &rotated)?;
+                    Ok(match self.commit_once(&commit, record.as_ref()).await? {
+                        Idempotent::Applied(()) => Idempotent::Applied(rotated),
+                        Idempotent::Replayed(prior) => Idempotent::Replayed(prior),
+                    })
+                })
+                .await?;
+            let Idempotent::Applied(rotated) = rotated else {
+                return Ok(rotated);
+            };
+            tracing::debug!(caller = %caller, path = %path, version = rotated.new_version, "secret rotated");
+            let version = Some(rotated.new_version);
+            self.audit_done(
+                caller,
+                EventKind::Rotated,
+                Action::Rotate,
+                path.as_str(),
+                version,
+            )
+            .await;
+            Ok(Idempotent::Applied(rotated))
+        })
+        .await
     }
 
     /// Changes metadata (including `expires_at`, which renews an expired
@@ -246,6 +284,7 @@ impl Vault {
         caller: &Caller,
         path: &str,
         update: MetadataUpdate,
+        key: Option<&IdempotencyKey>,
     ) -> Result<Metadata, VaultError> {
         let path = parse_path(path)?;
         let check = PutRequest {
@@ -255,59 +294,76 @@ impl Vault {
             ..PutRequest::new("")
         };
         self.validate_put(&check)?;
+        if let Some(Some(at)) = update.expires_at {
+            super::check_timestamp("expires_at", at, Utc::now())?;
+        }
         let access = self.access(caller).await?;
-        let record = self
-            .retrying(|| async {
-                let mut record = self.record(&path).await?.ok_or_else(|| not_found(&path))?;
-                self.authorize(&access, Action::Write, Resource::of(&record))
-                    .await?;
-                if let Err(e) =
-                    check_scope(caller, record.scope.as_deref(), update.scope.as_deref())
-                {
-                    let path = Some(path.as_str());
-                    return Err(self
-                        .audit_refusal(caller, Some(Action::Write), path, e)
-                        .await);
-                }
-                if let Some(t) = update.secret_type {
-                    record.secret_type = t;
-                }
-                if let Some(t) = update.tier {
-                    record.tier = t;
-                }
-                if let Some(d) = &update.description {
-                    record.description = Some(d.clone());
-                }
-                if let Some(t) = &update.tags {
-                    record.tags = t.clone();
-                }
-                if let Some(s) = &update.scope {
-                    record.scope = Some(s.clone());
-                }
-                if let Some(expires_at) = update.expires_at {
-                    record.expires_at = expires_at;
-                }
-                record.updated_at = Utc::now();
-                let commit = Commit {
-                    expected_latest: record.latest_version,
-                    record: record.clone(),
-                    versions: Vec::new(),
-                    prune: Vec::new(),
-                };
-                self.store.commit(&self.workload.tenant, &commit).await?;
-                Ok(record)
-            })
-            .await?;
-        tracing::debug!(caller = %caller, path = %path, "secret metadata updated");
-        self.audit_done(
-            caller,
-            EventKind::Updated,
-            Action::Write,
-            path.as_str(),
-            None,
-        )
-        .await;
-        Ok(Metadata::of(&record, record.active_version))
+        let once = Self::once(key, caller, "update", path.as_str(), &update);
+        let once = once.as_ref();
+        self.at_most_once(once, || async {
+            let updated = self
+                .retrying(|| async {
+                    let mut record = self.record(&path).await?.ok_or_else(|| not_found(&path))?;
+                    self.authorize(&access, Action::Write, Resource::of(&record))
+                        .await?;
+                    if let Err(e) =
+                        check_scope(caller, record.scope.as_deref(), update.scope.as_deref())
+                    {
+                        let path = Some(path.as_str());
+                        return Err(self
+                            .audit_refusal(caller, Some(Action::Write), path, e)
+                            .await);
+                    }
+                    if let Some(t) = update.secret_type {
+                        record.secret_type = t;
+                    }
+                    if let Some(t) = update.tier {
+                        record.tier = t;
+                    }
+                    if let Some(d) = &update.description {
+                        record.description = Some(d.clone());
+                    }
+                    if let Some(t) = &update.tags {
+                        record.tags = t.clone();
+                    }
+                    if let Some(s) = &update.scope {
+                        record.scope = Some(s.clone());
+                    }
+                    if let Some(expires_at) = update.expires_at {
+                        record.expires_at = expires_at;
+                    }
+                    record.updated_at = Utc::now();
+                    let metadata = Metadata::of(&record, record.active_version);
+                    let commit = Commit {
+                        expected_latest: record.latest_version,
+                        record,
+                        versions: Vec::new(),
+                        prune: Vec::new(),
+                    };
+                    let once_record = self.once_record(once, &metadata)?;
+                    Ok(
+                        match self.commit_once(&commit, once_record.as_ref()).await? {
+                            Idempotent::Applied(()) => Idempotent::Applied(metadata),
+                            Idempotent::Replayed(prior) => Idempotent::Replayed(prior),
+                        },
+                    )
+                })
+                .await?;
+            let Idempotent::Applied(metadata) = updated else {
+                return Ok(updated);
+            };
+            tracing::debug!(caller = %caller, path = %path, "secret metadata updated");
+            self.audit_done(
+                caller,
+                EventKind::Updated,
+                Action::Write,
+                path.as_str(),
+                None,
+            )
+            .await;
+            Ok(Idempotent::Applied(metadata))
+        })
+        .await
     }
 
     /// The versions history retention drops when `new_version` is written:
@@ -335,7 +391,9 @@ impl Vault {
         };
         let mut prune = Vec::new();
         if limits.max_versions > 0 {
-            let mut excess = (existing.len() + 1).saturating_sub(limits.max_versions);
+            // The new version counts once, whether or not it is stored already.
+            let adding = usize::from(!existing.iter().any(|v| v.version == new_version));
+            let mut excess = (existing.len() + adding).saturating_sub(limits.max_versions);
             for v in existing.iter().filter(|v| !kept(v)) {
                 if excess == 0 {
                     break;
@@ -357,6 +415,39 @@ impl Vault {
             prune.extend(aged);
         }
         Ok(prune)
+    }
+
+    /// Applies history retention to `path` as it stands now. A write that
+    /// raced others planned its pruning on an older history, so after one the
+    /// history may hold more than retention keeps; this brings it back.
+    /// Best effort: a lost race leaves the excess to the next write.
+    pub(super) async fn settle_retention(&self, path: &SecretPath) -> Result<(), VaultError> {
+        for _ in 0..MAX_SETTLE_ATTEMPTS {
+            let Some(mut record) = self.record(path).await? else {
+                return Ok(());
+            };
+            let active = record.active_version;
+            let prune = self
+                .retention_prune(path, active, active, Utc::now())
+                .await?;
+            if prune.is_empty() {
+                return Ok(());
+            }
+            for pruned in &prune {
+                record.retired_expiry.remove(pruned);
+            }
+            let commit = Commit {
+                expected_latest: record.latest_version,
+                record,
+                versions: Vec::new(),
+                prune,
+            };
+            match self.store.commit(&self.workload.tenant, &commit).await {
+                Err(StoreError::Conflict) => tokio::task::yield_now().await,
+                done => return done.map_err(VaultError::from),
+            }
+        }
+        Ok(())
     }
 
     /// Finds secrets inside an expiry-warning window and claims each warning in

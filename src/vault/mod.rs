@@ -4,13 +4,20 @@
 
 mod access;
 mod audit;
+mod dotenv;
+mod idempotency;
 mod import;
 mod lifecycle;
+mod redact;
+mod rewrap;
 
 pub use self::access::{AccessSettings, ApprovalView, TokenIssued, TokenRequest};
 pub use self::audit::{AuditFollow, DEFAULT_AUDIT_LIMIT};
+pub use self::idempotency::{IdempotencyKey, IDEMPOTENCY_WINDOW, MAX_IDEMPOTENCY_KEY};
 pub use self::import::{ImportAction, ImportReport, ImportRequest, ImportedSecret};
 pub use self::lifecycle::{ExpiryWarning, MetadataUpdate, Rotated, VersionInfo};
+pub use self::redact::{Finding, Form, Redaction, Scanner, DEFAULT_MIN_REDACT_BYTES};
+pub use self::rewrap::{rewrap, RewrapError, RewrapReport};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -25,6 +32,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zeroize::Zeroizing;
 
 use self::access::{resource, Access};
+use self::idempotency::Once;
 use crate::audit::{Auditor, EventKind};
 use crate::crypto::{Binding, CryptoError, TenantCipher};
 use crate::identity::{Caller, WorkloadIdentity};
@@ -32,7 +40,10 @@ use crate::model::{
     is_path_char, SecretPath, SecretRecord, SecretType, Tier, VersionRecord, MAX_PATH_LEN,
 };
 use crate::policy::{Action, PolicyEngine, Resource};
-use crate::store::{Commit, Snapshot, Store, StoreError};
+use crate::store::{
+    AuditAppend, Commit, Guard, IdempotencyRecord, Idempotent, RecordPatch, Snapshot, Store,
+    StoreError, VersionWrite, WriteOutcome,
+};
 
 /// How often a write re-reads and retries after losing a race to another writer.
 const MAX_WRITE_ATTEMPTS: usize = 32;
@@ -58,6 +69,7 @@ pub enum ErrorCode {
     RateLimited,
     Unavailable,
     Internal,
+    IdempotencyKeyReused,
 }
 
 impl ErrorCode {
@@ -73,6 +85,7 @@ impl ErrorCode {
             Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
         }
     }
 }
@@ -110,9 +123,25 @@ pub enum VaultError {
     /// The policy said no. The reasons never name a value.
     #[error("the policy denied this request: {}", reasons.join("; "))]
     Denied { reasons: Vec<String> },
-    /// Lost every retry against concurrent writers of the same secret.
+    /// Lost every retry against concurrent writers of the same secret. Plain
+    /// writes of a new version never get here (their version numbers are
+    /// reserved); rollbacks, rotations and imports may, under extreme contention.
     #[error("too many concurrent writers; retry")]
     Raced,
+    /// The `Idempotency-Key` answered a different request within its window.
+    #[error(
+        "Idempotency-Key `{}` was used for a different request in the last 24 h; send a new key",
+        short(.0)
+    )]
+    IdempotencyMismatch(String),
+}
+
+/// At most 32 characters of something the caller sent, for an error message.
+fn short(s: &str) -> String {
+    match s.char_indices().nth(32) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_owned(),
+    }
 }
 
 impl VaultError {
@@ -135,6 +164,7 @@ impl VaultError {
             Self::TooLarge { .. } => ErrorCode::TooLarge,
             Self::Unavailable(_) | Self::Storage(_) | Self::Raced => ErrorCode::Unavailable,
             Self::Integrity { .. } | Self::Corrupt(_) => ErrorCode::Internal,
+            Self::IdempotencyMismatch(_) => ErrorCode::IdempotencyKeyReused,
         }
     }
 }
@@ -183,7 +213,7 @@ impl<'de> Deserialize<'de> for SecretValue {
 
 /// A write of a new version. Metadata fields left out keep their current
 /// values; `expires_at` belongs to the write, so a write without it clears expiry.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PutRequest {
     pub value: SecretValue,
@@ -219,14 +249,14 @@ impl PutRequest {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Written {
     pub path: String,
     pub version: u64,
 }
 
 /// A secret's metadata as the contract shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metadata {
     pub path: String,
     pub version: u64,
@@ -290,6 +320,8 @@ pub struct Limits {
     pub max_version_age: Option<Duration>,
     /// How long a rotated-out version stays readable when the caller names no grace period.
     pub default_grace: Duration,
+    /// Values shorter than this are not matched by `POST /v1/redact`.
+    pub redact_min_bytes: usize,
 }
 
 impl Default for Limits {
@@ -301,6 +333,7 @@ impl Default for Limits {
             max_versions: 20,
             max_version_age: None,
             default_grace: Duration::from_secs(3600),
+            redact_min_bytes: DEFAULT_MIN_REDACT_BYTES,
         }
     }
 }
@@ -309,6 +342,8 @@ impl Default for Limits {
 #[derive(Debug, Clone, Serialize)]
 pub struct Health {
     pub identity: String,
+    /// The tenant this sidecar serves, so a client can check it talks to the right one.
+    pub tenant: String,
     pub storage: &'static str,
 }
 
@@ -340,6 +375,8 @@ pub struct Vault {
     access: AccessSettings,
     /// Where every access, change and denial is recorded (see `audit.rs`).
     audit: Auditor,
+    /// The leak guard's cached automata (see `redact.rs`).
+    redactor: Arc<redact::Redactor>,
 }
 
 fn parse_path(path: &str) -> Result<SecretPath, VaultError> {
@@ -364,6 +401,7 @@ impl Vault {
             policy,
             access,
             audit,
+            redactor: Arc::new(redact::Redactor::new()),
         }
     }
 
@@ -387,62 +425,183 @@ impl Vault {
         self.store.ping().await?;
         Ok(Health {
             identity: self.workload.spiffe_id.clone(),
+            tenant: self.workload.tenant.clone(),
             storage: self.store.kind(),
         })
     }
 
     /// Writes a new version and makes it active. Racing writers, in this
-    /// sidecar or another on the same store, each get their own version number.
+    /// sidecar or another on the same store, each get their own version
+    /// number and all succeed: the highest number is the one left active.
     pub async fn put(
         &self,
         caller: &Caller,
         path: &str,
         req: PutRequest,
     ) -> Result<Written, VaultError> {
+        self.put_idempotent(caller, path, req, None).await
+    }
+
+    /// [`Self::put`], answered at most once per `key`: a retry with the same
+    /// key and request, on any sidecar sharing the store, within
+    /// [`IDEMPOTENCY_WINDOW`], gets the first answer and writes nothing.
+    pub async fn put_idempotent(
+        &self,
+        caller: &Caller,
+        path: &str,
+        req: PutRequest,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Written, VaultError> {
         let path = parse_path(path)?;
         self.validate_put(&req)?;
         let access = self.access(caller).await?;
-        let written = self
-            .retrying(|| async {
-                let current = self.record(&path).await?;
-                self.authorize(
-                    &access,
-                    Action::Write,
-                    resource(current.as_ref(), path.as_str()),
-                )
+        let tenant = &self.workload.tenant;
+        let once = Self::once(key, caller, "put", path.as_str(), &req);
+        let once = once.as_ref();
+        self.at_most_once(once, || async {
+            let written = self
+                .retrying(|| async {
+                    let current = self.record(&path).await?;
+                    self.authorize_claim(
+                        &access,
+                        Action::Write,
+                        resource(current.as_ref(), path.as_str()),
+                    )
+                    .await?;
+                    let current_scope = current.as_ref().and_then(|r| r.scope.as_deref());
+                    if let Err(e) = check_scope(caller, current_scope, req.scope.as_deref()) {
+                        let path = Some(path.as_str());
+                        return Err(self
+                            .audit_refusal(caller, Some(Action::Write), path, e)
+                            .await);
+                    }
+                    let active = current.as_ref().map_or(0, |r| r.active_version);
+                    if let Some(expected) = req.cas.filter(|cas| *cas != active) {
+                        return Err(VaultError::Conflict {
+                            expected,
+                            current: active,
+                        });
+                    }
+                    let latest = current.as_ref().map_or(0, |r| r.latest_version);
+                    let write = self.plan_version(&path, current, &req, once, caller).await?;
+                    let version = write.version.version;
+                    let raced = version != latest + 1;
+                    Ok(match self.store.write_version(tenant, &write).await? {
+                        WriteOutcome::Applied => {
+                            Idempotent::Applied((version, raced, write.audit.map(|a| (a.event, true))))
+                        }
+                        WriteOutcome::AppliedUnaudited => Idempotent::Applied((
+                            version,
+                            raced,
+                            write.audit.map(|a| (a.event, false)),
+                        )),
+                        // A retry of this request on another sidecar got there first.
+                        WriteOutcome::Replayed(prior) => Idempotent::Replayed(prior),
+                    })
+                })
                 .await?;
-                let current_scope = current.as_ref().and_then(|r| r.scope.as_deref());
-                if let Err(e) = check_scope(caller, current_scope, req.scope.as_deref()) {
-                    let path = Some(path.as_str());
-                    return Err(self
-                        .audit_refusal(caller, Some(Action::Write), path, e)
-                        .await);
+            let (written, raced, event) = match written {
+                Idempotent::Applied(written) => written,
+                Idempotent::Replayed(prior) => return Ok(Idempotent::Replayed(prior)),
+            };
+            if raced {
+                if let Err(e) = self.settle_retention(&path).await {
+                    tracing::warn!(path = %path, error = %e, "history retention after a race failed");
                 }
-                let active = current.as_ref().map_or(0, |r| r.active_version);
-                if let Some(expected) = req.cas.filter(|cas| *cas != active) {
-                    return Err(VaultError::Conflict {
-                        expected,
-                        current: active,
-                    });
+            }
+            tracing::debug!(caller = %caller, path = %path, version = written, "secret written");
+            match event {
+                // Stored with the write itself; only logged and counted here.
+                Some((event, true)) => self.audit.committed(&event),
+                // The stream refused it: queued and retried like any other event.
+                Some((event, false)) => {
+                    let _ = self
+                        .audit
+                        .record(vec![event], crate::audit::Guard::BestEffort)
+                        .await;
                 }
-                let commit = self.plan_write(&path, current, &req, Utc::now()).await?;
-                self.store.commit(&self.workload.tenant, &commit).await?;
-                Ok(commit.record.active_version)
-            })
-            .await?;
-        tracing::debug!(caller = %caller, path = %path, version = written, "secret written");
-        self.audit_done(
-            caller,
-            EventKind::Written,
-            Action::Write,
-            path.as_str(),
-            Some(written),
-        )
-        .await;
-        Ok(Written {
-            path: path.to_string(),
-            version: written,
+                None => {}
+            }
+            Ok(Idempotent::Applied(Written {
+                path: path.to_string(),
+                version: written,
+            }))
         })
+        .await
+    }
+
+    /// The write of `req` as a new version: its number reserved in the store
+    /// (so no other writer can take it), sealed under that number, and the
+    /// changes to apply to whatever record is current when it commits.
+    async fn plan_version(
+        &self,
+        path: &SecretPath,
+        current: Option<SecretRecord>,
+        req: &PutRequest,
+        once: Option<&Once<'_>>,
+        caller: &Caller,
+    ) -> Result<VersionWrite, VaultError> {
+        let now = Utc::now();
+        let version = self
+            .store
+            .reserve_version(&self.workload.tenant, path.as_str())
+            .await?;
+        let sealed = self.seal(path, version, req.value.expose())?;
+        let replaced = current.as_ref().map_or(0, |r| r.active_version);
+        let prune = if current.is_none() {
+            Vec::new()
+        } else {
+            self.retention_prune(path, version, replaced, now).await?
+        };
+        let initial = self.next_record(None, path, req, version, now);
+        let mut guard = Guard::of(current.as_ref().unwrap_or(&initial));
+        guard.active = req.cas;
+        let answer = Written {
+            path: path.to_string(),
+            version,
+        };
+        let idempotency = self.once_record(once, &answer)?;
+        let audit = AuditAppend {
+            event: self
+                .event(EventKind::Written, caller, Action::Write, path.as_str())
+                .version(Some(version)),
+            max_len: self.audit.settings().max_len,
+        };
+        Ok(VersionWrite {
+            audit: Some(audit),
+            version: VersionRecord {
+                version,
+                created_at: now,
+                sealed,
+                expires_at: None,
+            },
+            initial,
+            patch: RecordPatch {
+                updated_at: now,
+                expires_at: req.expires_at,
+                secret_type: req.secret_type,
+                tier: req.tier,
+                description: req.description.clone(),
+                tags: req.tags.clone(),
+                scope: req.scope.clone(),
+            },
+            guard,
+            prune,
+            idempotency,
+        })
+    }
+
+    /// Commits one secret's write, with the idempotency record of the
+    /// request that made it, if any, in the same atomic step.
+    async fn commit_once(
+        &self,
+        commit: &Commit,
+        once: Option<&IdempotencyRecord>,
+    ) -> Result<Idempotent<()>, VaultError> {
+        Ok(self
+            .store
+            .commit_all_once(&self.workload.tenant, std::slice::from_ref(commit), once)
+            .await?)
     }
 
     /// Runs an optimistic write again, on fresh state, each time it loses a
@@ -602,6 +761,9 @@ impl Vault {
                 ));
             }
         }
+        if let Some(at) = req.expires_at {
+            check_timestamp("expires_at", at, Utc::now())?;
+        }
         if let Some(scope) = &req.scope {
             if scope.is_empty() || scope.len() > 128 || !scope.chars().all(is_path_char) {
                 return Err(VaultError::invalid(
@@ -746,30 +908,44 @@ impl Vault {
         Ok(record.is_some())
     }
 
-    /// Deletes the secret and all its versions.
-    pub async fn delete(&self, caller: &Caller, path: &str) -> Result<(), VaultError> {
+    /// Deletes the secret and all its versions; with `key`, at most once
+    /// (a retry answers as the first delete did, not `not_found`).
+    pub async fn delete(
+        &self,
+        caller: &Caller,
+        path: &str,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<(), VaultError> {
         let path = parse_path(path)?;
         let access = self.access(caller).await?;
-        let record = self.record(&path).await?.ok_or_else(|| not_found(&path))?;
-        self.authorize(&access, Action::Delete, Resource::of(&record))
-            .await?;
-        if !self
-            .store
-            .delete(&self.workload.tenant, path.as_str())
-            .await?
-        {
-            return Err(not_found(&path));
-        }
-        tracing::debug!(caller = %caller, path = %path, "secret deleted");
-        self.audit_done(
-            caller,
-            EventKind::Deleted,
-            Action::Delete,
-            path.as_str(),
-            None,
-        )
-        .await;
-        Ok(())
+        let once = Self::once(key, caller, "delete", path.as_str(), &());
+        let once = once.as_ref();
+        self.at_most_once(once, || async {
+            let record = self.record(&path).await?.ok_or_else(|| not_found(&path))?;
+            self.authorize(&access, Action::Delete, Resource::of(&record))
+                .await?;
+            let record = self.once_record(once, &())?;
+            match self
+                .store
+                .delete_once(&self.workload.tenant, path.as_str(), record.as_ref())
+                .await?
+            {
+                Idempotent::Applied(true) => {}
+                Idempotent::Applied(false) => return Err(not_found(&path)),
+                Idempotent::Replayed(prior) => return Ok(Idempotent::Replayed(prior)),
+            }
+            tracing::debug!(caller = %caller, path = %path, "secret deleted");
+            self.audit_done(
+                caller,
+                EventKind::Deleted,
+                Action::Delete,
+                path.as_str(),
+                None,
+            )
+            .await;
+            Ok(Idempotent::Applied(()))
+        })
+        .await
     }
 
     /// One page of metadata under `prefix`, in path order. The cursor is the
@@ -860,6 +1036,31 @@ impl Vault {
     }
 }
 
+/// The earliest timestamp a caller may send (2000-01-01T00:00:00Z): nothing
+/// the sidecar keeps is older, so anything before it is a mistake such as
+/// seconds read as milliseconds, or a probe of the parser's edges.
+const EARLIEST_TIMESTAMP: i64 = 946_684_800;
+/// How far ahead a caller's timestamp may lie: a century, well inside what
+/// every store, client and language represents without overflow.
+const MAX_TIMESTAMP_AHEAD_DAYS: i64 = 100 * 366;
+
+/// Refuses a caller's timestamp outside [2000-01-01, now + 100 years], in
+/// either direction, so that no far past or far future value is stored.
+pub(crate) fn check_timestamp(
+    field: &str,
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), VaultError> {
+    let latest = now + chrono::Duration::days(MAX_TIMESTAMP_AHEAD_DAYS);
+    if at.timestamp() < EARLIEST_TIMESTAMP || at > latest {
+        return Err(VaultError::invalid(
+            field,
+            "must lie between 2000-01-01T00:00:00Z and 100 years from now",
+        ));
+    }
+    Ok(())
+}
+
 /// A version is readable until [`SecretRecord::expiry_of`] says otherwise.
 fn check_not_expired(
     path: &SecretPath,
@@ -902,6 +1103,12 @@ fn check_scope(
 }
 
 fn not_found(path: &SecretPath) -> VaultError {
+    no_secret_at(path.as_str())
+}
+
+/// What a path holding nothing answers, and word for word what a caller that
+/// may not read the secret there is told (see [`Vault::authorize`]).
+fn no_secret_at(path: &str) -> VaultError {
     VaultError::NotFound(format!("no secret at `{path}`"))
 }
 
@@ -937,6 +1144,44 @@ mod tests {
             VaultError::from(StoreError::Unavailable("x".into())).code(),
             ErrorCode::Unavailable
         );
+    }
+
+    #[test]
+    fn timestamps_outside_a_sane_range_are_refused_both_ways() {
+        let now = Utc::now();
+        let at = |text: &str| text.parse::<DateTime<Utc>>().unwrap();
+        assert!(check_timestamp("t", now, now).is_ok());
+        assert!(check_timestamp("t", now - chrono::Duration::days(1), now).is_ok());
+        assert!(check_timestamp("t", at("2000-01-01T00:00:00Z"), now).is_ok());
+        assert!(check_timestamp("t", now + chrono::Duration::days(365 * 99), now).is_ok());
+        for bad in [
+            at("1999-12-31T23:59:59Z"),
+            at("1970-01-01T00:00:00Z"),
+            at("0001-01-01T00:00:00Z"),
+            now + chrono::Duration::days(365 * 101),
+            DateTime::<Utc>::MAX_UTC,
+            DateTime::<Utc>::MIN_UTC,
+        ] {
+            let err = check_timestamp("expires_at", bad, now).unwrap_err();
+            assert!(matches!(err, VaultError::Invalid { ref field, .. } if field == "expires_at"));
+        }
+    }
+
+    proptest::proptest! {
+        /// A caller's timestamp is taken exactly when it lies in
+        /// [2000-01-01, now + 100 years], whatever the instant.
+        #[test]
+        fn timestamps_are_taken_exactly_inside_the_window(
+            secs in DateTime::<Utc>::MIN_UTC.timestamp()..DateTime::<Utc>::MAX_UTC.timestamp(),
+        ) {
+            let now = Utc::now();
+            let Some(at) = DateTime::from_timestamp(secs, 0) else {
+                return Ok(());
+            };
+            let inside = secs >= EARLIEST_TIMESTAMP
+                && at <= now + chrono::Duration::days(MAX_TIMESTAMP_AHEAD_DAYS);
+            proptest::prop_assert_eq!(check_timestamp("t", at, now).is_ok(), inside);
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! with its own data dir, and real `agentvault` sidecars on their own sockets.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,11 @@ use hyper::Method;
 use serde_json::Value;
 use tempfile::TempDir;
 
+pub mod cluster;
+pub mod jwt;
+pub mod opa;
 pub mod peers;
+pub mod security;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_agentvault");
 
@@ -24,7 +29,64 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+/// `name` found on the PATH (helm, kubernetes-validate), or a failed test that
+/// says how to get it: tests that need a tool never skip.
+pub fn tool_on_path(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "`{name}` is not on the PATH: run ./scripts/install-test-tools, then the tests \
+                 through ./scripts/test (it puts .tools/bin and .tools/venv/bin on the PATH)"
+            )
+        })
+}
+
+/// Runs `cmd` with `input` on its stdin and collects its exit status, stdout
+/// and stderr. The input is written from another thread (a full stdout pipe
+/// cannot deadlock the test), and a child that exits without reading all of it
+/// is not a panic here: its status and stderr, which say why, are in the
+/// `Output` for the caller's assertion. Any other write error is.
+pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> std::process::Output {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || match stdin.write_all(&input) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    });
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("waiting for {program}: {e}"));
+    if let Err(e) = writer.join().expect("stdin writer") {
+        panic!(
+            "writing to {program}'s stdin: {e}; it exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// Panics with the exit status and stderr of a child that failed.
+pub fn assert_success(what: &str, out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !ready() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -38,25 +100,76 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     pub dir: TempDir,
+    /// `requirepass`, when the server demands one.
+    password: Option<String>,
+    /// Extra arguments (TLS); a TLS server serves only on `port`, with TLS.
+    extra: Vec<String>,
+    tls: bool,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(None, Vec::new(), false)
+    }
+
+    /// A server that answers only clients that `AUTH` with `password`.
+    pub fn start_with_password(password: &str) -> Self {
+        let extra = vec!["--requirepass".to_owned(), password.to_owned()];
+        Self::start_with(Some(password.to_owned()), extra, false)
+    }
+
+    fn start_with(password: Option<String>, extra: Vec<String>, tls: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let server = Self {
             child: None,
             port,
             dir,
+            password,
+            extra,
+            tls,
         };
         server.spawn()
     }
 
+    /// A server that speaks only TLS on `port`, with the certificate of
+    /// `files`, checking client certificates as `auth_clients` says
+    /// (`no`, `optional` or `yes`).
+    pub fn start_tls(files: &security::TlsFiles, auth_clients: &str) -> Self {
+        let path = |p: &Path| p.display().to_string();
+        Self::start_with(
+            None,
+            vec![
+                "--tls-cert-file".into(),
+                path(&files.server_cert),
+                "--tls-key-file".into(),
+                path(&files.server_key),
+                "--tls-ca-cert-file".into(),
+                path(&files.ca),
+                "--tls-auth-clients".into(),
+                auth_clients.into(),
+            ],
+            true,
+        )
+    }
+
     fn spawn(mut self) -> Self {
+        let (plain_port, tls_port) = if self.tls {
+            ("0".to_owned(), self.port.to_string())
+        } else {
+            (self.port.to_string(), "0".to_owned())
+        };
+        let log = self.dir.path().join("redis.log");
+        let ready_before = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("Ready to accept connections")
+            .count();
         let child = Command::new("redis-server")
             .args([
                 "--port",
-                &self.port.to_string(),
+                &plain_port,
+                "--tls-port",
+                &tls_port,
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -67,13 +180,28 @@ impl RedisServer {
             .arg("--dir")
             .arg(self.dir.path())
             .arg("--logfile")
-            .arg(self.dir.path().join("redis.log"))
+            .arg(&log)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (.ci/run installs it)");
         self.child = Some(child);
-        let url = self.url();
+        if self.tls {
+            let what = format!(
+                "redis-server with TLS (built with TLS support? see {})",
+                log.display()
+            );
+            wait_for(&what, Duration::from_secs(10), || {
+                std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .matches("Ready to accept connections")
+                    .count()
+                    > ready_before
+            });
+            return self;
+        }
+        let url = self.authed_url();
         wait_for("redis-server", Duration::from_secs(10), || {
             redis::Client::open(url.as_str())
                 .and_then(|c| c.get_connection())
@@ -83,12 +211,27 @@ impl RedisServer {
         self
     }
 
+    /// The URL of the default (all-powerful) user; `rediss://` on a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
+    }
+
+    /// The URL of an ACL user, without its password (that goes in a file).
+    pub fn user_url(&self, user: &str) -> String {
+        format!("redis://{user}@127.0.0.1:{}/", self.port)
+    }
+
+    /// The URL with the password in it, for the test's own connections.
+    fn authed_url(&self) -> String {
+        match &self.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}/", self.port),
+            None => self.url(),
+        }
     }
 
     pub fn connection(&self) -> redis::Connection {
-        redis::Client::open(self.url())
+        redis::Client::open(self.authed_url())
             .and_then(|c| c.get_connection())
             .expect("redis connection")
     }
@@ -110,6 +253,92 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A three-master Redis Cluster on free ports (no replicas), each node in its
+/// own dir, created with `redis-cli --cluster create`.
+pub struct RedisCluster {
+    nodes: Vec<Child>,
+    pub ports: Vec<u16>,
+    _dir: TempDir,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut nodes = Vec::new();
+        for port in &ports {
+            let node_dir = dir.path().join(port.to_string());
+            std::fs::create_dir(&node_dir).expect("node dir");
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .arg("--dir")
+                .arg(&node_dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (.ci/run installs it)");
+            nodes.push(child);
+        }
+        let cluster = Self {
+            nodes,
+            ports,
+            _dir: dir,
+        };
+        for url in cluster.urls() {
+            wait_for("a cluster node", Duration::from_secs(10), || {
+                redis::Client::open(url.as_str())
+                    .and_then(|c| c.get_connection())
+                    .is_ok()
+            });
+        }
+        let addrs: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be installed with redis-server");
+        assert!(out.status.success(), "redis-cli --cluster create: {out:?}");
+        for url in cluster.urls() {
+            wait_for("the cluster to be ok", Duration::from_secs(20), || {
+                redis::Client::open(url.as_str())
+                    .and_then(|c| c.get_connection())
+                    .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut c))
+                    .is_ok_and(|info| info.contains("cluster_state:ok"))
+            });
+        }
+        cluster
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}/"))
+            .collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for child in &mut self.nodes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -273,9 +502,30 @@ impl TestEnv {
     }
 }
 
+/// A gRPC channel over a Unix socket.
+pub async fn uds_channel(socket: &Path) -> tonic::transport::Channel {
+    agentvault::client::grpc_channel(socket)
+        .await
+        .expect("connect a gRPC channel to the socket")
+}
+
 /// Small request helpers that panic on transport errors (the test failed anyway).
 pub async fn get(client: &Client, uri: &str) -> Reply {
     client.get(uri).await.expect("request")
+}
+
+/// GETs `uri` until `arrived` holds of the reply (a change announced to the
+/// sidecar's cache is applied asynchronously), for at most 10 s; returns the
+/// last reply either way, so the caller's assertion names what it saw.
+pub async fn get_when(client: &Client, uri: &str, arrived: impl Fn(&Reply) -> bool) -> Reply {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = get(client, uri).await;
+        if arrived(&reply) || Instant::now() >= deadline {
+            return reply;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 pub async fn send(client: &Client, method: Method, uri: &str, body: Value) -> Reply {
@@ -377,6 +627,39 @@ pub fn assert_denied(reply: &Reply, reason: &str) {
     assert!(
         reasons.iter().any(|r| r.contains(reason)),
         "expected a reason containing {reason:?}: {reasons:?}"
+    );
+}
+
+/// A refusal that hides the secret: word for word what a path holding
+/// nothing answers (404 `not_found`), so a caller that may not read a path
+/// cannot tell whether anything is there.
+pub fn assert_hidden(reply: &Reply, path: &str) {
+    assert_error(reply, 404, "not_found");
+    assert_eq!(
+        reply.json()["error"]["message"],
+        format!("no secret at `{path}`"),
+        "{:?}",
+        reply.json()
+    );
+}
+
+/// The audit view of `client` (the caller's own events among them) holds a
+/// denial at `path` with a reason containing `reason`: what a hidden refusal
+/// keeps for the record.
+pub async fn assert_denial_audited(client: &Client, path: &str, reason: &str) {
+    let reply = get(client, "/v1/audit?limit=1000").await;
+    assert_eq!(reply.status, 200, "{:?}", reply.json());
+    let items = reply.json()["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        items.iter().any(|e| e["event"] == "vault.denied"
+            && e["path"] == path
+            && e["reasons"].as_array().is_some_and(|rs| rs
+                .iter()
+                .any(|r| r.as_str().is_some_and(|r| r.contains(reason))))),
+        "no denial at {path} for {reason:?} in {items:?}"
     );
 }
 

@@ -423,16 +423,7 @@ pub struct RawClient(tonic::client::Grpc<tonic::transport::Channel>);
 
 impl RawClient {
     pub async fn connect(socket: &Path) -> Self {
-        let socket = socket.to_owned();
-        let channel = tonic::transport::Endpoint::from_static("http://localhost")
-            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                let socket = socket.clone();
-                async move {
-                    tokio::net::UnixStream::connect(socket)
-                        .await
-                        .map(hyper_util::rt::TokioIo::new)
-                }
-            }))
+        let channel = agentvault::client::grpc_channel(socket)
             .await
             .expect("connect to the workload API");
         Self(tonic::client::Grpc::new(channel))

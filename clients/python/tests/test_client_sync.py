@@ -86,8 +86,9 @@ def test_put_defaults_and_metadata_dict(client: VaultClient, ns: str) -> None:
     assert s.expires_at is not None
     assert abs((s.expires_at - expires).total_seconds()) < 1
 
-    with pytest.raises(ValueError, match="unknown metadata"):
-        client.put(path, "v3", {"owner": "me"})
+    # Any other metadata key is user metadata, kept as a tag (tests/test_seeds.py).
+    with pytest.raises(TypeError, match="kept as a tag"):
+        client.put(path, "v3", {"owner": ["me"]})
     with pytest.raises(TypeError):
         client.put(path, 123)  # type: ignore[arg-type]
 
@@ -103,10 +104,10 @@ def test_put_keeps_unnamed_metadata_and_expires_at_per_write(client: VaultClient
 
 def test_expires_at_accepts_text_and_naive(client: VaultClient, ns: str) -> None:
     path = f"{ns}/times"
-    client.put(path, "v", expires_at="2999-01-02T03:04:05Z")
-    assert client.get_secret(path).expires_at == datetime(2999, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
-    client.put(path, "v", expires_at=datetime(2998, 5, 6, 7, 8, 9))  # naive = UTC
-    assert client.get_secret(path).expires_at == datetime(2998, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
+    client.put(path, "v", expires_at="2099-01-02T03:04:05Z")
+    assert client.get_secret(path).expires_at == datetime(2099, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    client.put(path, "v", expires_at=datetime(2098, 5, 6, 7, 8, 9))  # naive = UTC
+    assert client.get_secret(path).expires_at == datetime(2098, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
 
 
 def test_get_version_and_versions_and_rollback(client: VaultClient, ns: str) -> None:

@@ -18,6 +18,7 @@ from agentvault import (
     AuthError,
     InvalidRequestError,
     PolicyDeniedError,
+    SecretNotFoundError,
     Token,
     VaultClient,
     VaultError,
@@ -95,15 +96,30 @@ def test_token_for_critical_secret_waits_for_approval(client: VaultClient, ns: s
 
 
 def test_policy_denied_is_403_with_reasons(client: VaultClient, ns: str) -> None:
-    # A role-scoped secret belongs to that role only; this process has no role.
+    # A role-scoped secret belongs to that role only; this process has no role:
+    # it may provision the secret, but only the role may move it to another scope.
     path = f"{ns}/role-only"
+    client.put(path, "v", scope="some-other-role")
     with pytest.raises(PolicyDeniedError) as info:
-        client.put(path, "v", scope="some-other-role")
-        client.get(path)
+        client.put(path, "v2", scope="yet-another-role")
     e = info.value
     assert (e.code, e.status) == ("policy_denied", 403)
     assert e.reasons and all(isinstance(r, str) for r in e.reasons)
     assert e.request_id
+
+
+def test_a_secret_the_caller_may_not_read_answers_as_missing(client: VaultClient, ns: str) -> None:
+    # No existence oracle: the same error, status and message as a missing path.
+    path = f"{ns}/hidden"
+    client.put(path, "v", scope="some-other-role")
+    with pytest.raises(SecretNotFoundError) as hidden:
+        client.get(path)
+    with pytest.raises(SecretNotFoundError) as missing:
+        client.get(f"{ns}/missing")
+    assert (hidden.value.code, hidden.value.status) == ("not_found", 404)
+    assert hidden.value.message.replace(path, "P") == missing.value.message.replace(
+        f"{ns}/missing", "P"
+    )
 
 
 @pytest.mark.anyio
@@ -120,6 +136,8 @@ async def test_async_tokens(aclient: AsyncVaultClient, sidecar: Sidecar, ns: str
     with pytest.raises(ApprovalPendingError) as info:
         await aclient.request_token(f"secrets:read:{ns}/crit", 60)
     assert info.value.approval_id
-    with pytest.raises(PolicyDeniedError):
-        await aclient.put(f"{ns}/scoped", "v", scope="elsewhere")
+    await aclient.put(f"{ns}/scoped", "v", scope="elsewhere")
+    with pytest.raises(SecretNotFoundError):
         await aclient.get(f"{ns}/scoped")
+    with pytest.raises(PolicyDeniedError):
+        await aclient.put(f"{ns}/scoped", "v2", scope="somewhere-else")

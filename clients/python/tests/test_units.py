@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import httpx
 import pytest
 
-from agentvault._core import identifier_for, quote_path
+from agentvault._core import Requests, identifier_for, quote_path
 from agentvault._models import format_time, parse_time
 
 
@@ -59,3 +60,26 @@ def test_route_probe_recognizes_a_missing_route() -> None:
     assert route_missing(missing) is True
     assert route_missing(served) is False
     assert route_missing(httpx.Response(404, text="not json")) is False
+
+
+def test_writes_carry_one_idempotency_key_per_call_reused_by_every_attempt() -> None:
+    client = httpx.Client(base_url="http://agentvault")
+    put = Requests.put("a/b", {"value": "v"})
+    first, retry = put.build(client), put.build(client)
+    key = first.headers["idempotency-key"]
+    assert len(key) >= 16 and retry.headers["idempotency-key"] == key
+    assert put.idempotent, "a keyed PUT may be resent after a broken connection"
+    assert Requests.put("a/b", {"value": "v"}).build(client).headers["idempotency-key"] != key
+    assert "idempotency-key" not in Requests.get_secret("a/b").build(client).headers
+    # The sidecar deduplicates every write of a secret by its key, not only PUT.
+    for write in (
+        Requests.update("a/b", {"description": "d"}),
+        Requests.delete("a/b"),
+        Requests.rollback("a/b", 1),
+        Requests.rotate("a/b", "v2", None),
+        Requests.import_env(
+            "A=1", "ns", tier=None, tier_prefix=None, dry_run=False, overwrite=False
+        ),
+    ):
+        assert write.idempotent, f"{write.method} {write.url}"
+        assert "idempotency-key" in write.build(client).headers

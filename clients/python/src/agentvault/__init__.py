@@ -15,7 +15,7 @@ Values never appear in ``repr()``, ``str()``, exceptions or logs.
 from ._client import AsyncVaultClient, VaultClient
 from ._core import DEFAULT_SOCKET, SOCKET_ENV, UNSET, __version__
 from ._decorators import secret, secrets_batch
-from ._default import default_client, delete, get, put, set_default_client
+from ._default import default_client, delete, get, put, redact, set_default_client
 from ._errors import (
     ApprovalPendingError,
     AuthError,
@@ -27,6 +27,7 @@ from ._errors import (
     SecretExpiredError,
     SecretFormatError,
     SecretNotFoundError,
+    TenantMismatchError,
     VaultError,
     VaultUnavailableError,
 )
@@ -35,6 +36,8 @@ from ._models import (
     Health,
     ImportedSecret,
     ImportResult,
+    Redaction,
+    RedactionFinding,
     RotationResult,
     Secret,
     SecretMetadata,
@@ -42,7 +45,14 @@ from ._models import (
     VersionInfo,
 )
 
+from ._logging import RedactingFilter
+from .compat import AgentVault, ScopedToken, SecretTier, SecretType, SyncAgentVault
 __all__ = [
+    "AgentVault",
+    "ScopedToken",
+    "SecretTier",
+    "SecretType",
+    "SyncAgentVault",
     "DEFAULT_SOCKET",
     "SOCKET_ENV",
     "UNSET",
@@ -58,12 +68,16 @@ __all__ = [
     "PayloadTooLargeError",
     "PolicyDeniedError",
     "RateLimitedError",
+    "RedactingFilter",
+    "Redaction",
+    "RedactionFinding",
     "RotationResult",
     "Secret",
     "SecretExpiredError",
     "SecretFormatError",
     "SecretMetadata",
     "SecretNotFoundError",
+    "TenantMismatchError",
     "Token",
     "VaultClient",
     "VaultError",
@@ -74,6 +88,7 @@ __all__ = [
     "delete",
     "get",
     "put",
+    "redact",
     "secret",
     "secrets_batch",
     "set_default_client",

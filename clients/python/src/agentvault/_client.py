@@ -32,6 +32,7 @@ from ._core import (
     put_body,
     read_dotenv,
     resolve_socket,
+    tenant_mismatch,
     unique,
     update_body,
 )
@@ -40,6 +41,7 @@ from ._models import (
     BatchResult,
     Health,
     ImportResult,
+    Redaction,
     RotationResult,
     Secret,
     SecretMetadata,
@@ -66,10 +68,16 @@ class _Settings:
         token: str | None,
         backoff_base: float,
         backoff_max: float,
+        tenant: str | None = None,
     ) -> None:
         if retries < 0:
             raise ValueError("retries must be >= 0")
+        if tenant is not None and (not isinstance(tenant, str) or not tenant):
+            raise ValueError("tenant must be a non-empty str")
         self.socket = resolve_socket(socket)
+        self.tenant = tenant
+        #: Set once the sidecar was seen to serve ``tenant``.
+        self.tenant_checked = tenant is None
         self.timeout = timeout
         self.token = token
         self.retry = RetryPolicy(
@@ -87,6 +95,9 @@ class VaultClient:
         retries: how many times to retry after a connection failure or a 503
             (so at most ``retries + 1`` attempts), with jittered exponential backoff.
         token: a bearer token (``avt_...``) sent as ``Authorization: Bearer``.
+        tenant: the tenant this client is for. The first call checks it
+            against the sidecar's (``GET /v1/health``) and raises
+            ``TenantMismatchError`` if the sidecar serves another one.
         backoff_base, backoff_max: the backoff before retry ``n`` is random in
             ``[c/2, c]`` with ``c = min(backoff_max, backoff_base * 2**n)``.
         transport: an ``httpx.BaseTransport`` to use instead of the Unix socket
@@ -102,11 +113,14 @@ class VaultClient:
         retries: int = 3,
         token: str | None = None,
         *,
+        tenant: str | None = None,
         backoff_base: float = 0.1,
         backoff_max: float = 2.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self._settings = _Settings(socket, timeout, retries, token, backoff_base, backoff_max)
+        self._settings = _Settings(
+            socket, timeout, retries, token, backoff_base, backoff_max, tenant
+        )
         if transport is None:
             transport = httpx.HTTPTransport(uds=self._settings.socket)
         self._http = httpx.Client(transport=transport, **make_client_kwargs(timeout, token))
@@ -115,6 +129,11 @@ class VaultClient:
     def socket(self) -> str:
         """The Unix socket this client talks to."""
         return self._settings.socket
+
+    @property
+    def tenant(self) -> str | None:
+        """The tenant this client was made for, if one was given."""
+        return self._settings.tenant
 
     def __repr__(self) -> str:
         auth = ", token=<redacted>" if self._settings.token else ""
@@ -135,6 +154,16 @@ class VaultClient:
         self.close()
 
     def _run(self, call: Call[T]) -> T:
+        settings = self._settings
+        if not settings.tenant_checked and settings.tenant is not None:
+            health = self._send(Requests.health())
+            mismatch = tenant_mismatch(settings.tenant, health, settings.socket)
+            if mismatch is not None:
+                raise mismatch
+            settings.tenant_checked = True
+        return self._send(call)
+
+    def _send(self, call: Call[T]) -> T:
         retry = self._settings.retry
         attempt = 0
         while True:
@@ -143,7 +172,7 @@ class VaultClient:
             try:
                 response = self._http.send(call.build(self._http))
             except httpx.HTTPError as exc:
-                outcome = classify_exception(call, exc, attempt)
+                outcome = classify_exception(call, exc, attempt, self._settings.socket)
             else:
                 outcome = classify_response(call, response, attempt)
             if outcome.error is None:
@@ -160,6 +189,15 @@ class VaultClient:
     def health(self) -> Health:
         """``GET /v1/health``."""
         return self._run(Requests.health())
+
+    def redact(self, text: str) -> Redaction:
+        """``text`` with every secret value this caller may read, and its
+        common encodings (base64, hex, URL, JSON-escaped), replaced by
+        ``[REDACTED:<path>]``, and the findings (path, version, byte offsets,
+        encoding; never a value). Values shorter than the sidecar's minimum
+        (8 bytes by default) are not matched. ``text, findings = vault.redact(t)``
+        works too."""
+        return self._run(Requests.redact(text))
 
     def get(self, path: str, *, version: int | None = None) -> str:
         """The value of the secret at ``path`` (its active version, or ``version``)."""
@@ -194,8 +232,9 @@ class VaultClient:
     def list(
         self, prefix: str = "", *, page_size: int | None = None
     ) -> builtins.list[SecretMetadata]:
-        """The metadata of every secret under ``prefix``, following
-        ``next_cursor`` until the listing is exhausted."""
+        """Every secret under ``prefix``, following ``next_cursor`` until the
+        listing is exhausted: path strings (``SecretMetadata`` is a ``str``
+        subclass) carrying their metadata (``.version``, ``.tier``, ...)."""
         return builtins.list(self.iter_list(prefix, page_size=page_size))
 
     def iter_list(
@@ -376,11 +415,14 @@ class AsyncVaultClient:
         retries: int = 3,
         token: str | None = None,
         *,
+        tenant: str | None = None,
         backoff_base: float = 0.1,
         backoff_max: float = 2.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._settings = _Settings(socket, timeout, retries, token, backoff_base, backoff_max)
+        self._settings = _Settings(
+            socket, timeout, retries, token, backoff_base, backoff_max, tenant
+        )
         if transport is None:
             transport = httpx.AsyncHTTPTransport(uds=self._settings.socket)
         self._http = httpx.AsyncClient(transport=transport, **make_client_kwargs(timeout, token))
@@ -389,6 +431,11 @@ class AsyncVaultClient:
     def socket(self) -> str:
         """The Unix socket this client talks to."""
         return self._settings.socket
+
+    @property
+    def tenant(self) -> str | None:
+        """The tenant this client was made for, if one was given."""
+        return self._settings.tenant
 
     def __repr__(self) -> str:
         auth = ", token=<redacted>" if self._settings.token else ""
@@ -409,6 +456,16 @@ class AsyncVaultClient:
         await self.aclose()
 
     async def _run(self, call: Call[T]) -> T:
+        settings = self._settings
+        if not settings.tenant_checked and settings.tenant is not None:
+            health = await self._send(Requests.health())
+            mismatch = tenant_mismatch(settings.tenant, health, settings.socket)
+            if mismatch is not None:
+                raise mismatch
+            settings.tenant_checked = True
+        return await self._send(call)
+
+    async def _send(self, call: Call[T]) -> T:
         retry = self._settings.retry
         attempt = 0
         while True:
@@ -417,7 +474,7 @@ class AsyncVaultClient:
             try:
                 response = await self._http.send(call.build(self._http))
             except httpx.HTTPError as exc:
-                outcome = classify_exception(call, exc, attempt)
+                outcome = classify_exception(call, exc, attempt, self._settings.socket)
             else:
                 outcome = classify_response(call, response, attempt)
             if outcome.error is None:
@@ -434,6 +491,11 @@ class AsyncVaultClient:
     async def health(self) -> Health:
         """``GET /v1/health``."""
         return await self._run(Requests.health())
+
+    async def redact(self, text: str) -> Redaction:
+        """``text`` with every secret value this caller may read, and its
+        encodings, replaced (see ``VaultClient.redact``)."""
+        return await self._run(Requests.redact(text))
 
     async def get(self, path: str, *, version: int | None = None) -> str:
         """The value of the secret at ``path`` (its active version, or ``version``)."""
@@ -468,8 +530,9 @@ class AsyncVaultClient:
     async def list(
         self, prefix: str = "", *, page_size: int | None = None
     ) -> builtins.list[SecretMetadata]:
-        """The metadata of every secret under ``prefix``, following
-        ``next_cursor`` until the listing is exhausted."""
+        """Every secret under ``prefix``, following ``next_cursor`` until the
+        listing is exhausted: path strings (``SecretMetadata`` is a ``str``
+        subclass) carrying their metadata (``.version``, ``.tier``, ...)."""
         return [m async for m in self.iter_list(prefix, page_size=page_size)]
 
     async def iter_list(

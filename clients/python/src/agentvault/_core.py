@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import random
+import stat
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,10 +22,11 @@ import httpx
 
 from ._errors import (
     REQUEST_ID_HEADER,
+    ApprovalPendingError,
     SecretFormatError,
+    TenantMismatchError,
     VaultError,
     VaultUnavailableError,
-    approval_pending,
     error_from_body,
     error_from_response,
 )
@@ -32,6 +34,7 @@ from ._models import (
     BatchResult,
     Health,
     ImportResult,
+    Redaction,
     RotationResult,
     Secret,
     SecretMetadata,
@@ -49,7 +52,8 @@ SOCKET_ENV: Final = "AGENTVAULT_SOCKET"
 BASE_URL: Final = "http://agentvault"
 USER_AGENT: Final = f"agentvault-python/{__version__}"
 
-#: The metadata fields a write may set besides the value (``put(metadata=...)``).
+#: The metadata fields a write may set besides the value (``put(metadata=...)``);
+#: any other key of ``metadata`` is user metadata, kept as a tag.
 METADATA_FIELDS: Final = frozenset({"type", "tier", "description", "tags", "expires_at", "scope"})
 
 T = TypeVar("T")
@@ -113,6 +117,9 @@ def identifier_for(path: str) -> str:
     return "".join(c if c.isalnum() or c == "_" else "_" for c in path)
 
 
+IDEMPOTENCY_KEY_HEADER: Final = "idempotency-key"
+
+
 @dataclass
 class Call(Generic[T]):
     """One logical API call: the request to send and how to read the answer."""
@@ -130,10 +137,24 @@ class Call(Generic[T]):
     may_be_pending: bool = False
     #: The x-request-id sent with every attempt of this call.
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    #: The secret path the call names, copied onto its errors (``.path``).
+    path: str | None = None
+    #: The policy action on ``path`` (``read``, ``write``, ``list``): a denial
+    #: names the token scope that would cover it (``.required_scope``).
+    action: str | None = None
+    #: A bearer token for this call only, instead of the client's.
+    token: str | None = None
+    #: The Idempotency-Key every attempt of a write sends: one per logical
+    #: call, so a retry after a 503 or a broken connection is done at most once.
+    idempotency_key: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def build(self, client: httpx.Client | httpx.AsyncClient) -> httpx.Request:
         body: bytes | None = None
         headers = {REQUEST_ID_HEADER: self.request_id}
+        if self.method not in ("GET", "HEAD"):
+            headers[IDEMPOTENCY_KEY_HEADER] = self.idempotency_key
+        if self.token is not None:
+            headers["authorization"] = f"Bearer {self.token}"
         if self.json is not None:
             body = json.dumps(self.json, separators=(",", ":")).encode()
             headers["content-type"] = "application/json"
@@ -186,25 +207,66 @@ class Outcome(Generic[T]):
         self.retryable = retryable
 
 
-def transport_failure(call: Call[Any], exc: httpx.HTTPError, attempts: int) -> VaultError:
-    """A ``VaultUnavailableError`` for a failure to talk to the sidecar at all.
+def unreachable_hint(socket: str | None) -> str:
+    """Why a socket could not be reached and how to get a sidecar onto it."""
+    if socket is None:
+        return "could not reach the agentvault sidecar"
+    if not os.path.exists(socket):
+        why = "no such socket"
+    elif not stat.S_ISSOCK(os.stat(socket).st_mode):
+        why = "the path is not a socket"
+    else:
+        why = "nothing listens on it (a stale socket of a stopped sidecar?)"
+    return (
+        f"could not reach the agentvault sidecar at {socket} ({why}); "
+        f"start one with `agentvault dev --socket {socket}`, or point "
+        f"${SOCKET_ENV} (or socket=...) at a running sidecar"
+    )
+
+
+def transport_failure(
+    call: Call[Any], exc: httpx.HTTPError, attempts: int, socket: str | None = None
+) -> VaultError:
+    """A ``VaultUnavailableError`` for a failure to talk to the sidecar at all;
+    the message names the socket that was tried and how to start a sidecar.
 
     The httpx exception is not chained: it references the request, whose body
     may hold a secret value.
     """
+    not_sent = isinstance(exc, _NOT_SENT)
+    if not_sent:
+        message = f"{unreachable_hint(socket)} [{type(exc).__name__}: {exc}]"
+    else:
+        message = f"the connection to the agentvault sidecar broke ({type(exc).__name__}: {exc})"
     error = VaultUnavailableError(
-        f"could not reach the agentvault sidecar ({type(exc).__name__}: {exc})",
-        code="connection_failed" if isinstance(exc, _NOT_SENT) else "transport_error",
+        message,
+        code="connection_failed" if not_sent else "transport_error",
         request_id=call.request_id,
         details={"attempts": attempts},
     )
     error.status = None  # no HTTP answer at all
+    error.path = call.path
     return error
 
 
-def classify_exception(call: Call[Any], exc: httpx.HTTPError, attempts: int) -> Outcome[Any]:
+def classify_exception(
+    call: Call[Any], exc: httpx.HTTPError, attempts: int, socket: str | None = None
+) -> Outcome[Any]:
     retryable = isinstance(exc, _NOT_SENT) or (call.idempotent and isinstance(exc, _MAYBE_SENT))
-    return Outcome(error=transport_failure(call, exc, attempts), retryable=retryable)
+    return Outcome(error=transport_failure(call, exc, attempts, socket), retryable=retryable)
+
+
+def locate(call: Call[Any], error: VaultError) -> VaultError:
+    """Names the call's path (and, for a denial, the scope that would cover
+    it) on an error."""
+    if error.path is None:
+        error.path = call.path
+    if call.path is not None and call.action is not None:
+        target = call.path
+        if call.action == "list":
+            target = f"{target}*" if target.endswith("/") else f"{target}/*"
+        error.details.setdefault("required_scope", f"secrets:{call.action}:{target}")
+    return error
 
 
 def classify_response(call: Call[T], response: httpx.Response, attempts: int) -> Outcome[T]:
@@ -220,7 +282,7 @@ def classify_response(call: Call[T], response: httpx.Response, attempts: int) ->
         try:
             return Outcome(value=call.parse(response))
         except VaultError as e:
-            return Outcome(error=e)
+            return Outcome(error=locate(call, e))
         except (ValueError, KeyError, TypeError) as e:
             # Never quote the body: it may hold a value.
             return Outcome(
@@ -233,11 +295,51 @@ def classify_response(call: Call[T], response: httpx.Response, attempts: int) ->
             )
     if call.may_be_pending and response.status_code == 202:
         return Outcome(error=approval_pending(response))
-    error = error_from_response(response)
+    error = locate(call, error_from_response(response))
     if isinstance(error, VaultUnavailableError):
         error.details["attempts"] = attempts
         return Outcome(error=error, retryable=True)
     return Outcome(error=error)
+
+
+def tenant_mismatch(expected: str, health: Health, socket: str) -> TenantMismatchError | None:
+    """The error for a sidecar that serves another tenant than the client was
+    made for, or None when it serves ``expected``."""
+    if health.tenant == expected:
+        return None
+    served = health.tenant or "an unknown tenant"
+    return TenantMismatchError(
+        f"this client is for tenant `{expected}`, but the sidecar at {socket} serves "
+        f"`{served}` (identity {health.identity}); use the socket of `{expected}`'s sidecar",
+        details={"expected": expected, "served": health.tenant, "identity": health.identity},
+    )
+
+
+def approval_pending(response: httpx.Response) -> ApprovalPendingError:
+    """The exception for a 202 answer to a token request."""
+    try:
+        body = json.loads(response.content) if response.content else {}
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    approval_id = body.get("approval_id")
+    details: dict[str, Any] = {
+        "approval_id": approval_id if isinstance(approval_id, str) else "",
+        "status": body.get("status", "pending"),
+        "token": None,
+    }
+    if isinstance(body.get("token"), str):
+        # The sidecar also sends the token that becomes usable once approved.
+        try:
+            details["token"] = Token.from_json(body)
+        except (KeyError, TypeError, ValueError):
+            pass
+    return ApprovalPendingError(
+        f"token request waits for approval {details['approval_id']}",
+        request_id=response.headers.get(REQUEST_ID_HEADER),
+        details=details,
+    )
 
 
 def log_retry(call: Call[Any], code: str, attempt: int, retries: int, delay: float) -> None:
@@ -309,6 +411,10 @@ def _token(response: httpx.Response) -> Token:
     return Token.from_json(_json_object(response))
 
 
+def _redaction(response: httpx.Response) -> Redaction:
+    return Redaction.from_json(_json_object(response))
+
+
 def _health(response: httpx.Response) -> Health:
     return Health.from_json(_json_object(response))
 
@@ -362,14 +468,21 @@ def put_body(
     if not isinstance(value, str):
         raise TypeError(f"a secret value must be a str, not {type_name(value)}")
     fields: dict[str, Any] = {}
+    user_tags: dict[str, str] = {}
     if metadata:
-        unknown = set(metadata) - METADATA_FIELDS
-        if unknown:
-            raise ValueError(
-                f"unknown metadata field(s) {sorted(unknown)}; "
-                f"expected some of {sorted(METADATA_FIELDS)}"
-            )
-        fields.update({k: v for k, v in metadata.items() if v is not None})
+        for key, meta_value in metadata.items():
+            if not isinstance(key, str):
+                raise TypeError(f"a metadata key must be a str, not {type_name(key)}")
+            if key in METADATA_FIELDS:
+                if meta_value is not None:
+                    fields[key] = meta_value
+            else:
+                user_tags[key] = tag_value(key, meta_value)
+    if user_tags:
+        # User metadata is kept as tags; a `tags` mapping (in metadata or as
+        # the keyword) wins over a key of the same name.
+        given = tags if tags is not None else fields.get("tags")
+        tags = {**user_tags, **dict(given or {})}
     explicit = {
         "tier": tier,
         "type": type,
@@ -394,6 +507,21 @@ def put_body(
 
 def type_name(value: object) -> str:
     return type(value).__name__
+
+
+def tag_value(key: str, value: object) -> str:
+    """User metadata as tag text: strings as they are, numbers and booleans
+    written out; anything else is refused (it would not come back as itself)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    raise TypeError(
+        f"metadata `{key}` must be a str, int, float or bool (it is kept as a tag), "
+        f"not {type_name(value)}"
+    )
 
 
 def update_body(
@@ -454,23 +582,66 @@ class Requests:
     @staticmethod
     def get_secret(path: str, version: int | None = None) -> Call[Secret]:
         params = {"version": str(int(version))} if version is not None else {}
-        return Call("GET", secret_url(path), _secret, params=params, idempotent=True)
+        return Call(
+            "GET",
+            secret_url(path),
+            _secret,
+            params=params,
+            idempotent=True,
+            path=path,
+            action="read",
+        )
 
     @staticmethod
     def exists(path: str) -> Call[bool]:
-        return Call("HEAD", secret_url(path), _exists, ok=(200, 404), idempotent=True)
+        return Call(
+            "HEAD",
+            secret_url(path),
+            _exists,
+            ok=(200, 404),
+            idempotent=True,
+            path=path,
+            action="read",
+        )
 
     @staticmethod
     def put(path: str, body: dict[str, Any]) -> Call[int]:
-        return Call("PUT", secret_url(path), _version, json=body)
+        # The sidecar deduplicates every write by Idempotency-Key (PUT, PATCH,
+        # DELETE, rollback, rotate, import), so a write whose connection broke
+        # mid-request is safe to send again too.
+        return Call(
+            "PUT",
+            secret_url(path),
+            _version,
+            json=body,
+            path=path,
+            action="write",
+            idempotent=True,
+        )
 
     @staticmethod
     def update(path: str, body: dict[str, Any]) -> Call[SecretMetadata]:
-        return Call("PATCH", secret_url(path), _metadata, json=body)
+        return Call(
+            "PATCH",
+            secret_url(path),
+            _metadata,
+            json=body,
+            path=path,
+            action="write",
+            idempotent=True,
+        )
 
     @staticmethod
     def delete(path: str) -> Call[None]:
-        return Call("DELETE", secret_url(path), _none, ok=(200, 204))
+        return Call(
+            "DELETE",
+            secret_url(path),
+            _none,
+            ok=(200, 204),
+            path=path,
+            action="write",
+            idempotent=True,
+        )
 
     @staticmethod
     def list_page(prefix: str, limit: int | None, cursor: str | None) -> Call[Page]:
@@ -479,7 +650,15 @@ class Requests:
             params["limit"] = str(int(limit))
         if cursor is not None:
             params["cursor"] = cursor
-        return Call("GET", "/v1/secrets", _page, params=params, idempotent=True)
+        return Call(
+            "GET",
+            "/v1/secrets",
+            _page,
+            params=params,
+            idempotent=True,
+            path=prefix or None,
+            action="list",
+        )
 
     @staticmethod
     def batch(paths: list[str]) -> Call[BatchResult]:
@@ -494,12 +673,25 @@ class Requests:
 
     @staticmethod
     def versions(path: str) -> Call[list[VersionInfo]]:
-        return Call("GET", f"/v1/versions/{quote_path(path)}", _versions, idempotent=True)
+        return Call(
+            "GET",
+            f"/v1/versions/{quote_path(path)}",
+            _versions,
+            idempotent=True,
+            path=path,
+            action="read",
+        )
 
     @staticmethod
     def rollback(path: str, version: int) -> Call[int]:
         return Call(
-            "POST", f"/v1/rollback/{quote_path(path)}", _version, json={"version": int(version)}
+            "POST",
+            f"/v1/rollback/{quote_path(path)}",
+            _version,
+            json={"version": int(version)},
+            path=path,
+            action="write",
+            idempotent=True,
         )
 
     @staticmethod
@@ -511,7 +703,15 @@ class Requests:
         body: dict[str, Any] = {"value": value}
         if grace is not None:
             body["grace_period_seconds"] = seconds(grace)
-        return Call("POST", f"/v1/rotate/{quote_path(path)}", _rotation, json=body)
+        return Call(
+            "POST",
+            f"/v1/rotate/{quote_path(path)}",
+            _rotation,
+            json=body,
+            path=path,
+            action="write",
+            idempotent=True,
+        )
 
     @staticmethod
     def import_env(
@@ -536,7 +736,7 @@ class Requests:
         def parse(response: httpx.Response) -> ImportResult:
             return ImportResult.from_json(_json_object(response), dry_run=dry_run)
 
-        return Call("POST", "/v1/import", parse, json=body)
+        return Call("POST", "/v1/import", parse, json=body, idempotent=True)
 
     @staticmethod
     def request_token(
@@ -551,6 +751,14 @@ class Requests:
         if description is not None:
             body["description"] = description
         return Call("POST", "/v1/tokens", _token, json=body, ok=(200, 201), may_be_pending=True)
+
+    @staticmethod
+    def redact(text: str) -> Call[Redaction]:
+        """``POST /v1/redact``. Safe to resend: it changes nothing (a resent
+        request may audit its findings twice)."""
+        if not isinstance(text, str):
+            raise TypeError(f"redact() takes a str, not {type_name(text)}")
+        return Call("POST", "/v1/redact", _redaction, json={"text": text}, idempotent=True)
 
 
 def decode_json_value(secret: Secret) -> Any:

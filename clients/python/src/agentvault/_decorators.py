@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from ._client import AsyncVaultClient, VaultClient
@@ -122,28 +122,48 @@ class BatchDecorator(Protocol):
 
 
 def secrets_batch(
-    *paths: str,
+    *paths: str | Sequence[str],
     required: bool = True,
     client: VaultClient | AsyncVaultClient | None = None,
 ) -> BatchDecorator:
     """Injects secrets as keyword arguments, read in ONE batch request per call.
 
-    Each path becomes the keyword named after it with every character other
-    than letters, digits and ``_`` turned into ``_``: ``openai/api-key`` is
-    ``openai_api_key``, ``db/password`` is ``db_password``. A keyword the
-    caller passes explicitly wins (and that path is not read). When a path
-    fails, the call raises that path's error (``SecretNotFoundError``, ...);
-    with ``required=False`` a missing secret is injected as ``None`` instead.
+    Paths are given as arguments or as one list (or both):
+    ``@secrets_batch("a", "b")`` and ``@secrets_batch(["a", "b"])`` are the
+    same. Each path becomes the keyword named after it with every character
+    other than letters, digits and ``_`` turned into ``_``: ``OPENAI_API_KEY``
+    stays ``OPENAI_API_KEY``, ``openai/api-key`` is ``openai_api_key``. The
+    function takes them as named parameters or collects them in ``**secrets``.
+    A keyword the caller passes explicitly wins (and that path is not read).
+    When a path fails, the call raises that path's error
+    (``SecretNotFoundError``, ...); with ``required=False`` a missing secret is
+    injected as ``None`` instead.
+
+        @secrets_batch(["OPENAI_API_KEY", "ANTHROPIC_API_KEY"])
+        def main(OPENAI_API_KEY: str, ANTHROPIC_API_KEY: str) -> None: ...
 
         @secrets_batch("openai/api-key", "db/password")
-        def connect(openai_api_key: str, db_password: str) -> None: ...
+        def connect(**secrets: str) -> None: ...   # secrets["openai_api_key"]
 
-        connect()
+        main()
     """
-    if not paths:
+    flat: list[str] = []
+    for item in paths:
+        if isinstance(item, str):
+            flat.append(item)
+        elif isinstance(item, Sequence):
+            for p in item:
+                if not isinstance(p, str):
+                    raise TypeError(f"a secret path must be a str, not {type(p).__name__}")
+                flat.append(p)
+        else:
+            raise TypeError(
+                f"secrets_batch takes paths or a list of paths, not {type(item).__name__}"
+            )
+    if not flat:
         raise ValueError("secrets_batch needs at least one path")
     names: dict[str, str] = {}
-    for p in paths:
+    for p in flat:
         name = identifier_for(p)
         if name in names and names[name] != p:
             raise ValueError(f"paths {names[name]!r} and {p!r} both map to the argument {name!r}")

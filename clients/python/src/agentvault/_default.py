@@ -11,8 +11,9 @@ from typing import Any
 
 from ._client import VaultClient
 from ._core import TimeArg
+from ._models import Redaction
 
-__all__ = ["default_client", "delete", "get", "put", "set_default_client"]
+__all__ = ["default_client", "delete", "get", "put", "redact", "set_default_client"]
 
 _lock = threading.Lock()
 _client: VaultClient | None = None
@@ -84,6 +85,12 @@ def put(
         scope=scope,
         cas=cas,
     )
+
+
+def redact(text: str) -> Redaction:
+    """``text`` with every secret value the caller may read replaced, through
+    the default client (see ``VaultClient.redact``)."""
+    return default_client().redact(text)
 
 
 def delete(path: str) -> None:

@@ -12,7 +12,7 @@ import email.utils
 import json
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 
@@ -30,6 +30,7 @@ __all__ = [
     "SecretExpiredError",
     "SecretFormatError",
     "SecretNotFoundError",
+    "TenantMismatchError",
     "VaultError",
     "VaultUnavailableError",
 ]
@@ -48,6 +49,7 @@ class VaultError(Exception):
         message: the human-readable message (never holds a secret value).
         request_id: the ``x-request-id`` of the request, when known.
         details: any further fields of the error body (e.g. ``reasons``).
+        path: the secret path the failed call named, when it named one.
     """
 
     default_code: str = "error"
@@ -68,6 +70,7 @@ class VaultError(Exception):
         self.status = status if status is not None else self.default_status
         self.request_id = request_id
         self.details: dict[str, Any] = dict(details or {})
+        self.path: str | None = None
 
     def __str__(self) -> str:
         where = f" (status {self.status})" if self.status is not None else ""
@@ -119,6 +122,15 @@ class PolicyDeniedError(VaultError):
         if isinstance(reasons, list):
             return [str(r) for r in reasons]
         return []
+
+    @property
+    def required_scope(self) -> str | None:
+        """The token scope that would cover the denied call
+        (``secrets:<read|write|list>:<path>``), when the call named a path.
+        Worked out by the client from the call; the policy may still want more
+        (a role, an approval): read ``reasons``."""
+        value = self.details.get("required_scope")
+        return value if isinstance(value, str) else None
 
 
 class SecretNotFoundError(VaultError):
@@ -181,6 +193,23 @@ class VaultUnavailableError(VaultError):
         return value if isinstance(value, int) else 1
 
 
+class TenantMismatchError(VaultError):
+    """The client was made for one tenant (``VaultClient(tenant=...)``) but
+    the sidecar on its socket serves another; nothing was sent but
+    ``GET /v1/health``."""
+
+    default_code = "tenant_mismatch"
+    default_status = None
+
+    @property
+    def expected(self) -> str:
+        return str(self.details.get("expected", ""))
+
+    @property
+    def served(self) -> str:
+        return str(self.details.get("served", ""))
+
+
 class ApprovalPendingError(VaultError):
     """202 on a token request: it waits for a human's approval.
 
@@ -202,10 +231,7 @@ class ApprovalPendingError(VaultError):
     def token(self) -> Token | None:
         """The token that becomes usable once the request is approved, when
         the sidecar sent one (its ``repr`` hides the secret part)."""
-        from ._models import Token
-
-        token = self.details.get("token")
-        return token if isinstance(token, Token) else None
+        return cast("Token | None", self.details.get("token"))
 
 
 class SecretFormatError(VaultError, ValueError):
@@ -324,32 +350,3 @@ def error_from_response(response: httpx.Response) -> VaultError:
         if retry_after is not None:
             err.details["retry_after"] = retry_after
     return err
-
-
-def approval_pending(response: httpx.Response) -> ApprovalPendingError:
-    """The exception for a 202 answer to a token request."""
-    try:
-        body = json.loads(response.content) if response.content else {}
-    except ValueError:
-        body = {}
-    if not isinstance(body, dict):
-        body = {}
-    approval_id = body.get("approval_id")
-    details: dict[str, Any] = {
-        "approval_id": approval_id if isinstance(approval_id, str) else "",
-        "status": body.get("status", "pending"),
-        "token": None,
-    }
-    if isinstance(body.get("token"), str):
-        # The sidecar also sends the token that becomes usable once approved.
-        from ._models import Token
-
-        try:
-            details["token"] = Token.from_json(body)
-        except (KeyError, TypeError, ValueError):
-            pass
-    return ApprovalPendingError(
-        f"token request waits for approval {details['approval_id']}",
-        request_id=response.headers.get(REQUEST_ID_HEADER),
-        details=details,
-    )

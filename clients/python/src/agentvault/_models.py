@@ -10,15 +10,18 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
-from ._errors import VaultError
+if TYPE_CHECKING:
+    from ._errors import VaultError
 
 __all__ = [
     "BatchResult",
     "Health",
     "ImportResult",
     "ImportedSecret",
+    "Redaction",
+    "RedactionFinding",
     "RotationResult",
     "Secret",
     "SecretMetadata",
@@ -89,8 +92,14 @@ def _tags(value: Any) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class SecretMetadata:
-    """A secret without its value, as ``list`` and ``update`` return it."""
+class SecretMetadata(str):
+    """A secret without its value, as ``list`` and ``update`` return it.
+
+    It is also the ``str`` of its path, so ``list()`` answers path strings
+    (``"db/password" in vault.list("db/")``, ``print(p)``, ``open(p)``) that
+    carry their metadata as attributes. It equals another ``SecretMetadata``
+    only when every field does, and a plain ``str`` when that is its path.
+    """
 
     path: str
     version: int
@@ -102,6 +111,13 @@ class SecretMetadata:
     updated_at: datetime
     expires_at: datetime | None
     scope: str | None
+
+    def __new__(cls, path: str, *args: Any, **kwargs: Any) -> SecretMetadata:
+        return super().__new__(cls, path)
+
+    # Equal objects have equal paths, so the path's hash is consistent with
+    # both equalities (the dataclass's and str's).
+    __hash__ = str.__hash__
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> SecretMetadata:
@@ -174,6 +190,11 @@ class VersionInfo:
     #: When a rotation's grace period for this version ends (contract extension).
     expires_at: datetime | None = None
 
+    @property
+    def is_active(self) -> bool:
+        """``active`` under the name agentsecretstore uses."""
+        return self.active
+
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> VersionInfo:
         return cls(
@@ -200,6 +221,64 @@ class RotationResult:
             old_version=int(data["old_version"]),
             old_expires_at=parse_time(data["old_expires_at"]),
         )
+
+
+@dataclass(frozen=True)
+class RedactionFinding:
+    """One value replaced by ``redact()``: which secret version, where, and
+    in which encoding (``raw``, ``base64``, ``hex``, ``url``, ``json``, ...).
+
+    ``start`` and ``end`` are offsets in bytes into the UTF-8 encoding of
+    the original text (``text.encode()[start:end]``), as the sidecar counts
+    them; ``char_span(text)`` converts them to ``str`` indices.
+    """
+
+    path: str
+    version: int
+    start: int
+    end: int
+    form: str
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RedactionFinding:
+        return cls(
+            path=str(data["path"]),
+            version=int(data["version"]),
+            start=int(data["start"]),
+            end=int(data["end"]),
+            form=str(data["form"]),
+        )
+
+    def char_span(self, text: str) -> tuple[int, int]:
+        """``(start, end)`` as indices into ``text`` (the original, unredacted str)."""
+        raw = text.encode()
+        return len(raw[: self.start].decode()), len(raw[: self.end].decode())
+
+
+@dataclass(frozen=True)
+class Redaction:
+    """What ``redact()`` answered: the text with every secret value the
+    caller may read (and its encodings) replaced by ``[REDACTED:<path>]``,
+    and what was replaced. Unpacks as ``text, findings = vault.redact(t)``.
+    Neither field holds a value: the text is the redacted one."""
+
+    text: str
+    findings: tuple[RedactionFinding, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Redaction:
+        return cls(
+            text=str(data["text"]),
+            findings=tuple(RedactionFinding.from_json(f) for f in data.get("findings") or []),
+        )
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.text, self.findings))
+
+    @property
+    def redacted(self) -> bool:
+        """Whether anything was replaced."""
+        return bool(self.findings)
 
 
 @dataclass(frozen=True)
@@ -278,22 +357,49 @@ class Token:
 
 
 @dataclass(frozen=True)
-class Health:
-    """``GET /v1/health``."""
+class Health(Mapping[str, str]):
+    """``GET /v1/health``: typed attributes, and a read-only mapping of the
+    same fields (``health["status"]``, ``dict(health)``)."""
 
     status: str
     version: str
     identity: str
     storage: str
+    #: The tenant the sidecar serves (older sidecars: read from ``identity``).
+    tenant: str = ""
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Health:
+        identity = str(data.get("identity", ""))
+        tenant = data.get("tenant")
         return cls(
             status=str(data.get("status", "")),
             version=str(data.get("version", "")),
-            identity=str(data.get("identity", "")),
+            identity=identity,
             storage=str(data.get("storage", "")),
+            tenant=tenant if isinstance(tenant, str) else _tenant_of(identity),
         )
+
+    def __getitem__(self, key: str) -> str:
+        if key in _HEALTH_KEYS:
+            value: str = getattr(self, key)
+            return value
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_HEALTH_KEYS)
+
+    def __len__(self) -> int:
+        return len(_HEALTH_KEYS)
+
+
+_HEALTH_KEYS = ("status", "version", "identity", "storage", "tenant")
+
+
+def _tenant_of(spiffe_id: str) -> str:
+    """The tenant of an ID of the default pattern ``spiffe://td/agent/{tenant}/{agent}``."""
+    parts = spiffe_id.removeprefix("spiffe://").split("/")
+    return parts[2] if len(parts) >= 4 and parts[1] == "agent" else ""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,294 @@
+//! Cost of an Envoy ext_authz Check that allows without injection, against
+//! a bare gRPC call on the same Unix socket in the same run: the sidecar's
+//! own `grpc.health.v1.Health/Check`, which passes the same connection,
+//! HTTP/2 framing and caller check but decides nothing. Reports Checks/s at
+//! 16 concurrent callers and p50/p99 of sequential calls, with the ratios;
+//! and, in-process, one evaluation of the Envoy rule against one decision of
+//! a socket read (the issue's yardstick).
+//!
+//! `cargo bench --bench envoy`. Sidecar and load generator share the process
+//! and the machine's cores.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentvault::client::grpc_channel;
+use agentvault::config::{Config, Overrides, Settings};
+use agentvault::envoy::{build_input, SubjectInput};
+use agentvault::identity::WorkloadIdentity;
+use agentvault::model::{SecretType, Tier};
+use agentvault::policy::{Action, PolicyConfig, PolicyEngine, PolicyInput, Resource, Subject};
+use agentvault::sidecar::Sidecar;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+const CONCURRENCY: usize = 16;
+const CHANNELS: usize = 4;
+const WARMUP: Duration = Duration::from_secs(1);
+const MEASURE: Duration = Duration::from_secs(4);
+const SEQUENTIAL: usize = 5_000;
+const DECISIONS: usize = 20_000;
+
+const ROUTES: &str = r#"package envoy.authz
+routes := {"api.example.com": {"roles": ["researcher"], "methods": ["POST"], "path_prefixes": ["/v1/"]}}
+"#;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn check_request() -> CheckRequest {
+    let headers = [
+        (":authority", "api.example.com"),
+        (":method", "POST"),
+        (":path", "/v1/chat/completions"),
+        ("content-type", "application/json"),
+        ("user-agent", "bench"),
+        ("x-request-id", "bench-1"),
+    ];
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                time: None,
+                http: Some(HttpRequest {
+                    method: "POST".into(),
+                    path: "/v1/chat/completions".into(),
+                    host: "api.example.com".into(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    ..Default::default()
+                }),
+            }),
+            context_extensions: [("agentvault_role".to_string(), "researcher".to_string())].into(),
+            ..Default::default()
+        }),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Call {
+    Check,
+    Health,
+}
+
+async fn call(channel: Channel, which: Call) {
+    match which {
+        Call::Check => {
+            let resp = AuthorizationClient::new(channel)
+                .check(check_request())
+                .await
+                .expect("check")
+                .into_inner();
+            assert_eq!(resp.status.map(|s| s.code), Some(0), "the check allows");
+        }
+        Call::Health => {
+            HealthClient::new(channel)
+                .check(HealthCheckRequest::default())
+                .await
+                .expect("health");
+        }
+    }
+}
+
+/// Calls per second with CONCURRENCY callers over CHANNELS connections.
+async fn throughput(channels: &[Channel], which: Call) -> f64 {
+    let (counting, stop, done) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let workers: Vec<_> = (0..CONCURRENCY)
+        .map(|w| {
+            let channel = channels[w % channels.len()].clone();
+            let (counting, stop, done) = (counting.clone(), stop.clone(), done.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    call(channel.clone(), which).await;
+                    if counting.load(Ordering::Relaxed) {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(WARMUP).await;
+    counting.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(MEASURE).await;
+    let calls = done.load(Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.expect("worker");
+    }
+    calls as f64 / elapsed.as_secs_f64()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+/// p50 and p99 of SEQUENTIAL calls one after another on one connection.
+async fn latency(channel: &Channel, which: Call) -> (Duration, Duration) {
+    let mut times = Vec::with_capacity(SEQUENTIAL);
+    for _ in 0..SEQUENTIAL {
+        let started = Instant::now();
+        call(channel.clone(), which).await;
+        times.push(started.elapsed());
+    }
+    times.sort();
+    (percentile(&times, 0.50), percentile(&times, 0.99))
+}
+
+/// p50 of `f` over DECISIONS runs.
+fn p50(mut f: impl FnMut()) -> Duration {
+    let mut times = Vec::with_capacity(DECISIONS);
+    for _ in 0..DECISIONS {
+        let started = Instant::now();
+        f();
+        times.push(started.elapsed());
+    }
+    times.sort();
+    percentile(&times, 0.50)
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// One Envoy rule evaluation against one read decision, in-process.
+fn policy_costs(policies: &Path) {
+    let rule = "data.envoy.authz.allow";
+    let engine =
+        PolicyEngine::load_with(Some(policies), PolicyConfig::default(), vec![rule.into()])
+            .expect("policies load");
+    let me = "spiffe://dev.local/agent/dev/bench";
+    let subject = SubjectInput {
+        spiffe_id: me,
+        tenant: "dev",
+        agent: "bench",
+        role: Some("researcher"),
+    };
+    let input = build_input(&check_request(), &subject, false).expect("input");
+    let envoy = p50(|| {
+        let value = regorus::Value::from(std::hint::black_box(input.clone()));
+        std::hint::black_box(engine.eval_rule(rule, value).expect("eval"));
+    });
+    let read = PolicyInput {
+        subject: Subject {
+            spiffe_id: format!("{me}/researcher"),
+            tenant: "dev".into(),
+            agent: "bench".into(),
+            agent_id: me.into(),
+            role: Some("researcher".into()),
+            uid: 1001,
+            pid: Some(4242),
+        },
+        action: Action::Read,
+        resource: Resource {
+            path: "prod/openai/api-key".into(),
+            exists: true,
+            owner: Some(me.into()),
+            owner_scope: None,
+            tier: Some(Tier::Sensitive),
+            secret_type: Some(SecretType::ApiKey),
+            tags: BTreeMap::new(),
+        },
+        grants: Vec::new(),
+        token: None,
+        event: None,
+    };
+    let decide = p50(|| {
+        std::hint::black_box(engine.decide(std::hint::black_box(&read)).expect("decide"));
+    });
+    println!(
+        "policy (in-process p50): envoy rule incl. input conversion {:.1} µs, socket read decision {:.1} µs, ratio {:.2}",
+        us(envoy),
+        us(decide),
+        envoy.as_secs_f64() / decide.as_secs_f64()
+    );
+}
+
+fn main() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).expect("policy dir");
+    for file in ["authz.rego", "envoy.rego"] {
+        std::fs::copy(repo().join("policies").join(file), policies.join(file)).expect("copy");
+    }
+    std::fs::write(policies.join("routes.rego"), ROUTES).expect("routes");
+    policy_costs(&policies);
+
+    let uid = std::fs::metadata("/proc/self").expect("/proc/self").uid();
+    let envoy_socket = dir.path().join("envoy.sock");
+    let overrides = Overrides {
+        socket: Some(dir.path().join("agentvault.sock")),
+        data_dir: Some(dir.path().join("data")),
+        metrics_addr: Some("off".into()),
+        roles: vec![
+            "researcher=uid:1001".parse().expect("role"),
+            format!("envoy=uid:{uid}").parse().expect("role"),
+        ],
+        rate_limit: Some(0),
+        policy_dir: Some(policies),
+        envoy_socket: Some(envoy_socket.clone()),
+        ..Overrides::default()
+    };
+    let identity = WorkloadIdentity::new("dev.local", "dev", "bench").expect("identity");
+    let settings =
+        Settings::resolve(Config::default(), overrides, Some(identity), true).expect("settings");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut sidecar = Sidecar::start(settings).await.expect("sidecar starts");
+        sidecar
+            .ready(Duration::from_secs(10))
+            .await
+            .expect("the dev identity is ready");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(sidecar.run(async {
+            let _ = stop_rx.await;
+        }));
+        let mut channels = Vec::new();
+        for _ in 0..CHANNELS {
+            channels.push(
+                grpc_channel(&envoy_socket)
+                    .await
+                    .expect("connect to the Envoy socket"),
+            );
+        }
+
+        let (check_p50, check_p99) = latency(&channels[0], Call::Check).await;
+        let (health_p50, health_p99) = latency(&channels[0], Call::Health).await;
+        let checks = throughput(&channels, Call::Check).await;
+        let health = throughput(&channels, Call::Health).await;
+
+        println!(
+            "sequential: Check p50 {:.0} µs p99 {:.0} µs; health p50 {:.0} µs p99 {:.0} µs; p50 ratio {:.2}",
+            us(check_p50),
+            us(check_p99),
+            us(health_p50),
+            us(health_p99),
+            check_p50.as_secs_f64() / health_p50.as_secs_f64()
+        );
+        println!(
+            "{CONCURRENCY} concurrent: Check {checks:.0}/s, health {health:.0}/s, Check at {:.0}% of a bare gRPC call",
+            100.0 * checks / health
+        );
+        let _ = stop_tx.send(());
+        let _ = running.await;
+    });
+}

@@ -1,0 +1,221 @@
+//! The audit vocabulary: what an event says ([`AuditEvent`]), what it is
+//! about ([`EventKind`]) and where it sits in a tenant's stream ([`AuditId`]).
+//! It lives below the auditor and the stores so that both can name it.
+//!
+//! An event holds identities, a path, a version number and reasons, and no
+//! field that could carry a secret value or a token.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// What happened. The names are the contract of the audit stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A secret (or its metadata or version list) was read.
+    Accessed,
+    /// A request was refused: by the policy, for its credentials, or because
+    /// the audit sink was down under `fail_closed`.
+    Denied,
+    Written,
+    Updated,
+    RolledBack,
+    Rotated,
+    Deleted,
+    Listed,
+    Imported,
+    GrantCreated,
+    GrantRevoked,
+    TokenIssued,
+    Approval,
+    /// The audit log itself was read or followed.
+    AuditRead,
+    /// Envoy asked whether to let an outbound request through (ext_authz
+    /// `Check`). `path` holds the destination host only, never the request
+    /// path or query, which may carry credentials; `injected` the secret
+    /// paths put on the request, never their values.
+    EnvoyCheck,
+    /// A secret version was found (and replaced) in a text sent to
+    /// `POST /v1/redact`. `reasons` name the encodings it was found in.
+    Redacted,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 16] = [
+        Self::Accessed,
+        Self::Denied,
+        Self::Written,
+        Self::Updated,
+        Self::RolledBack,
+        Self::Rotated,
+        Self::Deleted,
+        Self::Listed,
+        Self::Imported,
+        Self::GrantCreated,
+        Self::GrantRevoked,
+        Self::TokenIssued,
+        Self::Approval,
+        Self::AuditRead,
+        Self::EnvoyCheck,
+        Self::Redacted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accessed => "vault.accessed",
+            Self::Denied => "vault.denied",
+            Self::Written => "vault.written",
+            Self::Updated => "vault.updated",
+            Self::RolledBack => "vault.rolled_back",
+            Self::Rotated => "vault.rotated",
+            Self::Deleted => "vault.deleted",
+            Self::Listed => "vault.listed",
+            Self::Imported => "vault.imported",
+            Self::GrantCreated => "vault.grant_created",
+            Self::GrantRevoked => "vault.grant_revoked",
+            Self::TokenIssued => "vault.token_issued",
+            Self::Approval => "vault.approval",
+            Self::AuditRead => "vault.audit_read",
+            Self::EnvoyCheck => "envoy.check",
+            Self::Redacted => "vault.redacted",
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EventKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown audit event `{s}`"))
+    }
+}
+
+impl Serialize for EventKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// One audit event. Every field is an identifier, a path, a number, a
+/// contract code or a policy reason; there is deliberately no field for a
+/// value, a token or free text from a request body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub ts: DateTime<Utc>,
+    pub event: EventKind,
+    /// The caller's effective SPIFFE ID (`…/<agent>[/<role>]`).
+    pub spiffe_id: String,
+    pub role: Option<String>,
+    pub uid: Option<u32>,
+    pub pid: Option<i32>,
+    /// The policy action (`read`, `write`, …); `null` when refused before one was known.
+    pub action: Option<String>,
+    /// The secret path, prefix, namespace, grant pattern or token scope.
+    pub path: Option<String>,
+    pub version: Option<u64>,
+    /// `ok`, or the contract error code the caller got.
+    pub outcome: String,
+    pub reasons: Vec<String>,
+    pub request_id: Option<String>,
+    /// For `envoy.check`: the secret paths injected into the request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub injected: Vec<String>,
+}
+
+impl AuditEvent {
+    pub fn action(mut self, action: &str) -> Self {
+        self.action = Some(action.to_owned());
+        self
+    }
+
+    pub fn path(mut self, path: &str) -> Self {
+        self.path = Some(path.to_owned());
+        self
+    }
+
+    pub fn version(mut self, version: Option<u64>) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// A refusal with the contract code the caller got and why.
+    pub fn refused(mut self, outcome: &str, reasons: Vec<String>) -> Self {
+        self.event = EventKind::Denied;
+        self.outcome = outcome.to_owned();
+        self.reasons = reasons;
+        self
+    }
+}
+
+/// A position in a tenant's audit stream, `<millis>-<seq>` as Redis stream
+/// ids are. Ids only grow, so a follower resumes after the last one it saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct AuditId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl AuditId {
+    /// Before every event: following from here replays the whole stream.
+    pub const START: AuditId = AuditId { ms: 0, seq: 0 };
+}
+
+impl fmt::Display for AuditId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+impl FromStr for AuditId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("`{s}` is not an audit event id (<millis>-<seq>)");
+        let (ms, seq) = s.trim().split_once('-').ok_or_else(bad)?;
+        Ok(Self {
+            ms: ms.parse().map_err(|_| bad())?,
+            seq: seq.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+impl Serialize for AuditId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for AuditId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A stored event with its id in the stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: AuditId,
+    #[serde(flatten)]
+    pub event: AuditEvent,
+}

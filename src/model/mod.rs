@@ -1,0 +1,325 @@
+//! The vocabulary shared by the vault, its stores and its front ends: secret
+//! paths, types, tiers and the records a store keeps (ciphertext and metadata only).
+
+pub mod audit;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::Sealed;
+
+/// Longest secret path the contract accepts, in bytes.
+pub const MAX_PATH_LEN: usize = 512;
+
+/// A validated secret path: 1–512 bytes of `[A-Za-z0-9._-]` segments joined by
+/// `/`, with no empty, `.` or `..` segment. Holding one proves it is valid.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct SecretPath(String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("path is empty")]
+    Empty,
+    #[error("path is longer than {MAX_PATH_LEN} bytes")]
+    TooLong,
+    #[error("path has an empty segment (leading, trailing or double `/`)")]
+    EmptySegment,
+    #[error("path has a `.` or `..` segment")]
+    DotSegment,
+    #[error("path may only hold the characters A-Z a-z 0-9 . _ - and /")]
+    BadChar,
+}
+
+/// True for the characters a path segment may hold.
+pub fn is_path_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+impl SecretPath {
+    pub fn parse(s: &str) -> Result<Self, PathError> {
+        if s.is_empty() {
+            return Err(PathError::Empty);
+        }
+        if s.len() > MAX_PATH_LEN {
+            return Err(PathError::TooLong);
+        }
+        for segment in s.split('/') {
+            if segment.is_empty() {
+                return Err(PathError::EmptySegment);
+            }
+            if segment == "." || segment == ".." {
+                return Err(PathError::DotSegment);
+            }
+            if !segment.chars().all(is_path_char) {
+                return Err(PathError::BadChar);
+            }
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SecretPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What kind of credential a secret holds; informs policy and tooling, never crypto.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretType {
+    ApiKey,
+    OauthToken,
+    DbCredential,
+    SshKey,
+    PaymentCredential,
+    #[default]
+    Custom,
+}
+
+/// Access tier: how much ceremony a token covering the secret needs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    Standard,
+    #[default]
+    Sensitive,
+    Critical,
+}
+
+/// A secret's metadata as stored: everything but the versions' ciphertexts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecretRecord {
+    /// The tenant whose keys the record was written under. Stored so that a
+    /// record copied into another tenant's keys is caught before the policy
+    /// decides on it.
+    pub tenant: String,
+    pub path: String,
+    /// The version a plain read returns.
+    pub active_version: u64,
+    /// The highest version number ever written; the next write takes the one after.
+    pub latest_version: u64,
+    #[serde(rename = "type")]
+    pub secret_type: SecretType,
+    pub tier: Tier,
+    pub description: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    /// The role that owns the secret, when it was written role-scoped.
+    pub scope: Option<String>,
+    /// The agent-level SPIFFE ID of the workload that first wrote the secret.
+    pub owner: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// When the active version stops being readable.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// For versions no longer active: the secret's `expires_at` as it stood
+    /// when they stopped being active, which still bounds reads by number.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub retired_expiry: BTreeMap<u64, DateTime<Utc>>,
+}
+
+impl SecretRecord {
+    /// When `version` stops being readable, if ever: the secret's expiry for
+    /// the active version, the expiry it retired with otherwise, and in both
+    /// cases no later than a rotation's grace period.
+    pub fn expiry_of(&self, version: &VersionRecord) -> Option<DateTime<Utc>> {
+        let expiry = if version.version == self.active_version {
+            self.expires_at
+        } else {
+            self.retired_expiry.get(&version.version).copied()
+        };
+        [expiry, version.expires_at].into_iter().flatten().min()
+    }
+
+    /// Makes `version` the active one with `expires_at`, retiring the current
+    /// one with the secret's current expiry. Activating the active version changes nothing.
+    pub fn activate(&mut self, version: u64, expires_at: Option<DateTime<Utc>>) {
+        if version == self.active_version {
+            return;
+        }
+        if let Some(at) = self.expires_at {
+            self.retired_expiry.insert(self.active_version, at);
+        }
+        self.retired_expiry.remove(&version);
+        self.active_version = version;
+        self.expires_at = expires_at;
+    }
+}
+
+/// One immutable version of a secret: its sealed value and when it stops being readable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    pub version: u64,
+    pub created_at: DateTime<Utc>,
+    pub sealed: Sealed,
+    /// Set when a rotation gave this version a grace period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Lets another agent of the tenant read a secret or every secret under a prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub grant_id: String,
+    /// The agent-level SPIFFE ID of the grantee.
+    pub agent_id: String,
+    /// An exact path, or `prefix/*`.
+    pub path: String,
+    pub created_at: DateTime<Utc>,
+    /// The agent-level SPIFFE ID of the granting agent.
+    pub created_by: String,
+    /// The granting caller's role: a grant reaches only that role's scoped secrets.
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+/// Where a token request that needs a human stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalStatus {
+    NotRequired,
+    Pending,
+    Approved,
+    Denied,
+}
+
+impl ApprovalStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotRequired => "not_required",
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Denied => "denied",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::NotRequired,
+            Self::Pending,
+            Self::Approved,
+            Self::Denied,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == s)
+    }
+}
+
+/// A bearer token as stored: only the SHA-256 of the token itself is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Hex SHA-256 of the token string.
+    pub hash: String,
+    pub scope: String,
+    pub expires_at: DateTime<Utc>,
+    pub max_uses: Option<u64>,
+    /// The approval the token waits for, when its scope covers a guarded tier.
+    pub approval_id: Option<String>,
+    pub description: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// The effective SPIFFE ID of the caller that minted it.
+    pub created_by: String,
+    /// The agent-level SPIFFE ID and role of the minting caller, whose
+    /// authority the token carries.
+    pub agent_id: String,
+    pub role: Option<String>,
+    /// The highest tier the token reaches: what it was approved for, or what
+    /// needed no approval when it was minted.
+    pub tier: Tier,
+}
+
+/// A token request waiting for (or decided by) an approver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRecord {
+    pub approval_id: String,
+    pub token_hash: String,
+    pub scope: String,
+    /// The highest tier the scope covered when it was requested.
+    pub tier: Tier,
+    pub requested_by: String,
+    pub created_at: DateTime<Utc>,
+    pub status: ApprovalStatus,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_valid_paths() {
+        for p in ["a", "prod/openai/api-key", "x.y_z-1/2", &"a".repeat(512)] {
+            assert!(SecretPath::parse(p).is_ok(), "{p}");
+        }
+    }
+
+    #[test]
+    fn rejects_invalid_paths() {
+        let cases: &[(&str, PathError)] = &[
+            ("", PathError::Empty),
+            ("/a", PathError::EmptySegment),
+            ("a/", PathError::EmptySegment),
+            ("a//b", PathError::EmptySegment),
+            ("a/./b", PathError::DotSegment),
+            ("../a", PathError::DotSegment),
+            ("a b", PathError::BadChar),
+            ("a%2Fb", PathError::BadChar),
+            ("é", PathError::BadChar),
+        ];
+        for (p, want) in cases {
+            assert_eq!(SecretPath::parse(p), Err(*want), "{p:?}");
+        }
+        assert_eq!(SecretPath::parse(&"a".repeat(513)), Err(PathError::TooLong));
+    }
+
+    #[test]
+    fn enums_use_contract_names() {
+        assert_eq!(
+            serde_json::to_string(&SecretType::DbCredential).unwrap(),
+            "\"db_credential\""
+        );
+        assert_eq!(
+            serde_json::to_string(&Tier::default()).unwrap(),
+            "\"sensitive\""
+        );
+        assert_eq!(SecretType::default(), SecretType::Custom);
+    }
+
+    proptest::proptest! {
+        /// Whatever a caller sends as a path is accepted or refused, never a panic.
+        #[test]
+        fn any_text_is_accepted_or_refused(s in "(?s).{0,600}") {
+            let _ = SecretPath::parse(&s);
+        }
+
+        /// An accepted path is the text as sent, and obeys every rule.
+        #[test]
+        fn accepted_paths_obey_the_rules(s in "[a-zA-Z0-9._/-]{0,40}|[a-z./]{0,12}") {
+            if let Ok(path) = SecretPath::parse(&s) {
+                proptest::prop_assert_eq!(path.as_str(), s.as_str());
+                proptest::prop_assert!(s.len() <= MAX_PATH_LEN);
+                for segment in s.split('/') {
+                    proptest::prop_assert!(!segment.is_empty() && segment != "." && segment != "..");
+                    proptest::prop_assert!(segment.chars().all(is_path_char));
+                }
+            }
+        }
+
+        #[test]
+        fn well_formed_paths_are_accepted(
+            segments in proptest::collection::vec("[a-zA-Z0-9_-][a-zA-Z0-9._-]{0,15}", 1..8)
+        ) {
+            let s = segments.join("/");
+            proptest::prop_assert!(SecretPath::parse(&s).is_ok(), "{}", s);
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! A compiled policy set and how it is evaluated: regorus's VM where the
+//! policy compiles to bytecode, else its interpreter.
+
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use super::builtins::{self, CallCheck};
+use super::decision::{to_decision, Decision};
+use super::input::{cache_key, input_value, PolicyInput};
+use super::memo::DecisionCache;
+use super::source::PolicySource;
+use super::{PolicyConfig, PolicyError, DECISION_RULE};
+
+/// A policy that runs longer than this is stopped and the request denied.
+const EVAL_TIME_LIMIT: Duration = Duration::from_millis(250);
+
+/// Evaluation steps between two looks at the clock for [`EVAL_TIME_LIMIT`].
+const TIMER_CHECK_INTERVAL: NonZeroU32 = NonZeroU32::MIN.saturating_add(63);
+
+/// The VM's instruction budget per decision; its default (25,000) is too tight
+/// for policies that walk long grant lists.
+const MAX_VM_INSTRUCTIONS: usize = 5_000_000;
+
+/// Idle VMs kept per compiled policy, at most: about one per concurrent request.
+const MAX_IDLE_VMS: usize = 64;
+
+/// How a compiled policy set is evaluated.
+pub(super) enum Evaluator {
+    /// Bytecode for regorus's VM, about ten times faster than the interpreter
+    /// on the default policy. Idle VMs are kept for reuse: each run resets
+    /// the VM's evaluation state, and a fresh VM costs more than the run.
+    Vm {
+        program: Arc<regorus::rvm::program::Program>,
+        data: regorus::Value,
+        idle: Mutex<Vec<regorus::rvm::vm::RegoVM>>,
+    },
+    /// The tree-walking interpreter, for policies the VM compiler does not
+    /// handle (such as `with`). Each evaluation clones the prepared engine,
+    /// which shares modules and data behind `Arc`s.
+    Interpreter(Box<regorus::Engine>),
+}
+
+/// A compiled policy set: an evaluator for each entrypoint it was compiled
+/// for, [`DECISION_RULE`] first, then any others its front ends ask for
+/// (such as the Envoy decision rule).
+pub(super) struct Compiled {
+    pub(super) evaluator: Evaluator,
+    /// The other entrypoints by rule path, each proven to exist at compile time.
+    others: Vec<(String, Evaluator)>,
+    /// Decisions of [`DECISION_RULE`] by input; `None` when the policy calls
+    /// an impure builtin.
+    decisions: Option<DecisionCache>,
+}
+
+fn timer_config() -> regorus::utils::limits::ExecutionTimerConfig {
+    regorus::utils::limits::ExecutionTimerConfig {
+        limit: EVAL_TIME_LIMIT,
+        check_interval: TIMER_CHECK_INTERVAL,
+    }
+}
+
+/// A parse error with the line and column regorus reports (`--> file:line:col`)
+/// moved up front, `file:line:col: error: …`, as compilers print them.
+fn parse_error(source: &PolicySource, text: &str) -> PolicyError {
+    let marker = format!("--> {}:", source.name);
+    let at = text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix(marker.as_str()))
+        .map(|pos| format!(":{}", pos.trim()))
+        .unwrap_or_default();
+    let message = match text.lines().rev().find(|l| l.starts_with("error: ")) {
+        Some(error) => format!("{error}\n{text}"),
+        None => text.to_owned(),
+    };
+    PolicyError::Parse {
+        file: source.file.clone(),
+        at,
+        message,
+    }
+}
+
+/// A regorus engine holding `sources`, with OPA's builtin error mode, the
+/// time limit and our builtins, after checking that every function the
+/// policies call exists. Also says what their calls need (our builtins,
+/// impure builtins).
+pub(super) fn prepare_engine(
+    sources: &[PolicySource],
+) -> Result<(regorus::Engine, CallCheck), PolicyError> {
+    let mut engine = regorus::Engine::new();
+    // OPA's default: a builtin error makes its expression undefined instead of failing the query.
+    engine.set_strict_builtin_errors(false);
+    engine.set_execution_timer_config(timer_config());
+    builtins::register(&mut engine).map_err(PolicyError::Compile)?;
+    for source in sources {
+        engine
+            .add_policy(source.name.clone(), source.text.clone())
+            .map_err(|e| parse_error(source, &format!("{e:#}")))?;
+    }
+    let calls = builtins::check_calls(&mut engine);
+    if let Some(call) = calls.unknown.first() {
+        let file = sources
+            .iter()
+            .find(|s| s.name == call.source)
+            .map_or_else(|| call.source.clone().into(), |s| s.file.clone());
+        return Err(PolicyError::UnknownFunction {
+            file,
+            line: call.line,
+            col: call.col,
+            name: call.name.clone(),
+        });
+    }
+    Ok((engine, calls))
+}
+
+impl Compiled {
+    #[cfg(test)]
+    pub(super) fn build(
+        sources: &[PolicySource],
+        config: &PolicyConfig,
+        prefer_vm: bool,
+    ) -> Result<Self, PolicyError> {
+        Self::build_with_data(sources, &serde_json::Value::Null, config, &[], prefer_vm)
+    }
+
+    /// Compiles [`DECISION_RULE`] and each of `rules` (every one must be
+    /// defined by the policy set), with `data` (a bundle's data documents)
+    /// beside the config. A policy that calls one of our builtins runs on the
+    /// interpreter: regorus's VM has no extensions.
+    pub(super) fn build_with_data(
+        sources: &[PolicySource],
+        data: &serde_json::Value,
+        config: &PolicyConfig,
+        rules: &[String],
+        prefer_vm: bool,
+    ) -> Result<Self, PolicyError> {
+        let (mut engine, calls) = prepare_engine(sources)?;
+        let prefer_vm = prefer_vm && !calls.uses_extensions;
+        let config_data = serde_json::json!({ "agentvault": { "config": config } });
+        for doc in [&config_data, data].into_iter().filter(|d| !d.is_null()) {
+            engine
+                .add_data(regorus::Value::from(doc.clone()))
+                .map_err(|e| PolicyError::Compile(format!("{e:#}")))?;
+        }
+        let data = engine.get_data();
+        // Evaluating once prepares the engine (analysis, scheduling) and proves
+        // each rule exists, so load fails early and clones start ready.
+        engine.set_input(regorus::Value::new_object());
+        for rule in std::iter::once(DECISION_RULE).chain(rules.iter().map(String::as_str)) {
+            engine
+                .eval_rule(rule.to_owned())
+                .map_err(|e| PolicyError::Compile(format!("{rule}: {e:#}")))?;
+        }
+        let others = rules
+            .iter()
+            .map(|rule| (rule.clone(), evaluator(&mut engine, &data, rule, prefer_vm)))
+            .collect();
+        Ok(Self {
+            evaluator: evaluator(&mut engine, &data, DECISION_RULE, prefer_vm),
+            others,
+            decisions: (!calls.impure).then(DecisionCache::default),
+        })
+    }
+
+    /// [`DECISION_RULE`] for `input`, memoized when the policy is pure.
+    /// Errors are not remembered.
+    pub(super) fn decide(&self, input: &PolicyInput) -> Result<Decision, PolicyError> {
+        let Some(cache) = &self.decisions else {
+            return to_decision(&self.eval(input_value(input))?);
+        };
+        let key = cache_key(input);
+        if let Some(decision) = cache.get(&key) {
+            return Ok(decision);
+        }
+        let decision = to_decision(&self.eval(input_value(input))?)?;
+        cache.insert(key, decision.clone());
+        Ok(decision)
+    }
+
+    #[cfg(test)]
+    pub(super) fn memoizes(&self) -> bool {
+        self.decisions.is_some()
+    }
+
+    pub(super) fn uses_vm(&self) -> bool {
+        matches!(self.evaluator, Evaluator::Vm { .. })
+    }
+
+    /// Evaluates [`DECISION_RULE`].
+    pub(super) fn eval(&self, input: regorus::Value) -> Result<regorus::Value, PolicyError> {
+        self.evaluator.eval(DECISION_RULE, input)
+    }
+
+    /// Evaluates one of the other rules this policy set was compiled for.
+    pub(super) fn eval_rule(
+        &self,
+        rule: &str,
+        input: regorus::Value,
+    ) -> Result<regorus::Value, PolicyError> {
+        let (rule, evaluator) = self
+            .others
+            .iter()
+            .find(|(name, _)| name == rule)
+            .ok_or_else(|| PolicyError::Eval(format!("{rule} was not compiled")))?;
+        evaluator.eval(rule, input)
+    }
+}
+
+/// VM bytecode for `rule` where regorus compiles it, else the interpreter.
+fn evaluator(
+    engine: &mut regorus::Engine,
+    data: &regorus::Value,
+    rule: &str,
+    prefer_vm: bool,
+) -> Evaluator {
+    if !prefer_vm {
+        return Evaluator::Interpreter(Box::new(engine.clone()));
+    }
+    let program = engine
+        .compile_with_entrypoint(&rule.into())
+        .map_err(|e| format!("{e:#}"))
+        .and_then(|policy| {
+            regorus::languages::rego::compiler::Compiler::compile_from_policy(&policy, &[rule])
+                .map_err(|e| e.to_string())
+        });
+    match program {
+        Ok(program) => Evaluator::Vm {
+            program,
+            data: data.clone(),
+            idle: Mutex::new(Vec::new()),
+        },
+        Err(e) => {
+            tracing::warn!(rule, error = %e, "policy does not compile to VM bytecode; using the slower interpreter");
+            Evaluator::Interpreter(Box::new(engine.clone()))
+        }
+    }
+}
+
+impl Evaluator {
+    fn eval(&self, rule: &str, input: regorus::Value) -> Result<regorus::Value, PolicyError> {
+        match self {
+            Self::Vm {
+                program,
+                data,
+                idle,
+            } => {
+                let pooled = idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+                let mut vm = match pooled {
+                    Some(vm) => vm,
+                    None => {
+                        let mut vm = regorus::rvm::vm::RegoVM::new();
+                        vm.load_program(Arc::clone(program));
+                        vm.set_data(data.clone())
+                            .map_err(|e| PolicyError::Eval(format!("{e:#}")))?;
+                        vm.set_max_instructions(MAX_VM_INSTRUCTIONS);
+                        vm.set_execution_timer_config(Some(timer_config()));
+                        vm
+                    }
+                };
+                vm.set_input(input);
+                let result = vm.execute().map_err(|e| PolicyError::Eval(e.to_string()));
+                vm.set_input(regorus::Value::Null);
+                let mut idle = idle.lock().unwrap_or_else(PoisonError::into_inner);
+                if idle.len() < MAX_IDLE_VMS {
+                    idle.push(vm);
+                }
+                result
+            }
+            Self::Interpreter(engine) => {
+                let mut engine = (**engine).clone();
+                engine.set_input(input);
+                engine
+                    .eval_rule(rule.to_owned())
+                    .map_err(|e| PolicyError::Eval(format!("{e:#}")))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn source(name: &str, text: &str) -> PolicySource {
+        PolicySource {
+            name: name.into(),
+            file: PathBuf::from(name),
+            text: text.into(),
+        }
+    }
+
+    fn sources() -> Vec<PolicySource> {
+        vec![
+            source("authz.rego", include_str!("../../policies/authz.rego")),
+            source("envoy.rego", include_str!("../../policies/envoy.rego")),
+            source(
+                "routes.rego",
+                "package envoy.authz\nroutes := {\"h\": {\"roles\": [\"r\"], \"inject\": {\"x\": {\"secret\": \"s\"}}}}\n",
+            ),
+        ]
+    }
+
+    #[test]
+    fn other_rules_agree_between_vm_and_interpreter() {
+        let rule = "data.envoy.authz.allow".to_owned();
+        let config = PolicyConfig::default();
+        let vm = Compiled::build_with_data(
+            &sources(),
+            &serde_json::Value::Null,
+            &config,
+            std::slice::from_ref(&rule),
+            true,
+        )
+        .unwrap();
+        let interpreter = Compiled::build_with_data(
+            &sources(),
+            &serde_json::Value::Null,
+            &config,
+            std::slice::from_ref(&rule),
+            false,
+        )
+        .unwrap();
+        assert!(vm.uses_vm());
+        for (host, role) in [("h", "r"), ("h", "q"), ("other", "r")] {
+            let input = regorus::Value::from(serde_json::json!({
+                "attributes": {"request": {"http": {"host": host, "method": "GET", "path": "/"}}},
+                "agentvault": {"subject": {"role": role}},
+            }));
+            let a = vm.eval_rule(&rule, input.clone()).unwrap();
+            let b = interpreter.eval_rule(&rule, input).unwrap();
+            assert_eq!(a, b, "{host} {role}");
+            assert_eq!(
+                a["allowed"],
+                regorus::Value::from(host == "h" && role == "r")
+            );
+        }
+        assert!(vm
+            .eval_rule("data.other.rule", regorus::Value::new_object())
+            .is_err());
+    }
+
+    #[test]
+    fn a_missing_rule_fails_to_compile() {
+        let only_authz = &sources()[..1];
+        let err = Compiled::build_with_data(
+            only_authz,
+            &serde_json::Value::Null,
+            &PolicyConfig::default(),
+            &["data.envoy.authz.allow".to_owned()],
+            true,
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("data.envoy.authz.allow"), "{err}");
+        assert!(Compiled::build(only_authz, &PolicyConfig::default(), true).is_ok());
+    }
+}
