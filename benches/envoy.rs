@@ -1,10 +1,13 @@
 //! Cost of an Envoy ext_authz Check that allows without injection, against
-//! a bare gRPC call on the same Unix socket in the same run: the sidecar's
-//! own `grpc.health.v1.Health/Check`, which passes the same connection,
-//! HTTP/2 framing and caller check but decides nothing. Reports Checks/s at
-//! 16 concurrent callers and p50/p99 of sequential calls, with the ratios;
-//! and, in-process, one evaluation of the Envoy rule against one decision of
-//! a socket read (the issue's yardstick).
+//! two bare gRPC calls in the same run: the sidecar's own
+//! `grpc.health.v1.Health/Check` on the same socket (same connection,
+//! HTTP/2 framing and caller check, a tiny message), and a bare tonic
+//! `Authorization/Check` echo on a Unix socket of its own that answers OK to
+//! the same CheckRequest without looking at it (same message both ways).
+//! Reports Checks/s at 16 concurrent callers and p50/p99 of sequential calls,
+//! with the ratios; and, in-process, one evaluation of the Envoy rule against
+//! one decision of a socket read (the issue's yardstick), both first seen
+//! (evaluated) and repeated with a new `x-request-id` (memoized).
 //!
 //! `cargo bench --bench envoy`. Sidecar and load generator share the process
 //! and the machine's cores.
@@ -25,7 +28,10 @@ use agentvault::policy::{Action, PolicyConfig, PolicyEngine, PolicyInput, Resour
 use agentvault::sidecar::Sidecar;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
+    Authorization, AuthorizationServer,
+};
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -79,11 +85,28 @@ fn check_request() -> CheckRequest {
 enum Call {
     Check,
     Health,
+    Echo,
+}
+
+/// An Authorization server that allows everything without reading it.
+struct Echo;
+
+#[tonic::async_trait]
+impl Authorization for Echo {
+    async fn check(
+        &self,
+        _request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        Ok(tonic::Response::new(CheckResponse {
+            status: Some(envoy_types::pb::google::rpc::Status::default()),
+            ..Default::default()
+        }))
+    }
 }
 
 async fn call(channel: Channel, which: Call) {
     match which {
-        Call::Check => {
+        Call::Check | Call::Echo => {
             let resp = AuthorizationClient::new(channel)
                 .check(check_request())
                 .await
@@ -138,16 +161,28 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
-/// p50 and p99 of SEQUENTIAL calls one after another on one connection.
-async fn latency(channel: &Channel, which: Call) -> (Duration, Duration) {
-    let mut times = Vec::with_capacity(SEQUENTIAL);
-    for _ in 0..SEQUENTIAL {
-        let started = Instant::now();
-        call(channel.clone(), which).await;
-        times.push(started.elapsed());
+/// p50 and p99 of SEQUENTIAL calls of each kind, one after another on one
+/// connection per kind, in interleaved batches so that no kind gets a
+/// warmer or colder machine than another.
+async fn latencies(calls: &[(&Channel, Call)]) -> Vec<(Duration, Duration)> {
+    const BATCH: usize = 250;
+    let mut times = vec![Vec::with_capacity(SEQUENTIAL); calls.len()];
+    for _ in 0..SEQUENTIAL / BATCH {
+        for ((channel, which), times) in calls.iter().zip(&mut times) {
+            for _ in 0..BATCH {
+                let started = Instant::now();
+                call((*channel).clone(), *which).await;
+                times.push(started.elapsed());
+            }
+        }
     }
-    times.sort();
-    (percentile(&times, 0.50), percentile(&times, 0.99))
+    times
+        .into_iter()
+        .map(|mut times| {
+            times.sort();
+            (percentile(&times, 0.50), percentile(&times, 0.99))
+        })
+        .collect()
 }
 
 /// p50 of `f` over DECISIONS runs.
@@ -179,10 +214,52 @@ fn policy_costs(policies: &Path) {
         agent: "bench",
         role: Some("researcher"),
     };
-    let input = build_input(&check_request(), &subject, false).expect("input");
+    // Each Check carries a new request id, as Envoy's do: the memo must key
+    // on what the policy reads, not on the whole input.
+    let mut n = 0u64;
+    let mut next_input = || {
+        n += 1;
+        let mut req = check_request();
+        if let Some(http) = req
+            .attributes
+            .as_mut()
+            .and_then(|a| a.request.as_mut())
+            .and_then(|r| r.http.as_mut())
+        {
+            http.headers
+                .insert("x-request-id".into(), format!("bench-{n}"));
+        }
+        build_input(&req, &subject, false).expect("input")
+    };
     let envoy = p50(|| {
-        let value = regorus::Value::from(std::hint::black_box(input.clone()));
-        std::hint::black_box(engine.eval_rule(rule, value).expect("eval"));
+        let input = std::hint::black_box(next_input());
+        std::hint::black_box(engine.eval_rule(rule, &input).expect("eval"));
+    });
+    // A few requests in turn, warm in the CPU's caches as the socket read's input is.
+    let built: Vec<_> = (0..64).map(|_| next_input()).collect();
+    let mut each = built.iter().cycle();
+    let decision_only = p50(|| {
+        let input = each.next().expect("a cycle never ends");
+        std::hint::black_box(
+            engine
+                .eval_rule(rule, std::hint::black_box(input))
+                .expect("eval"),
+        );
+    });
+    let uncached =
+        PolicyEngine::load_with(Some(policies), PolicyConfig::default(), vec![rule.into()])
+            .expect("policies load");
+    let mut fresh = 0u64;
+    let evaluated = p50(|| {
+        // A new host each time: never seen, so evaluated.
+        fresh += 1;
+        let mut input = next_input();
+        input["attributes"]["request"]["http"]["host"] = format!("h{fresh}.example.com").into();
+        std::hint::black_box(
+            uncached
+                .eval_rule(rule, std::hint::black_box(&input))
+                .expect("eval"),
+        );
     });
     let read = PolicyInput {
         subject: Subject {
@@ -212,10 +289,14 @@ fn policy_costs(policies: &Path) {
         std::hint::black_box(engine.decide(std::hint::black_box(&read)).expect("decide"));
     });
     println!(
-        "policy (in-process p50): envoy rule incl. input conversion {:.1} µs, socket read decision {:.1} µs, ratio {:.2}",
+        "policy (in-process p50): envoy rule on a repeated request with a new x-request-id {:.2} µs \
+         ({:.2} µs with building the input from the CheckRequest; first seen, evaluated: {:.1} µs); \
+         socket read decision {:.2} µs; ratio {:.2}",
+        us(decision_only),
         us(envoy),
+        us(evaluated),
         us(decide),
-        envoy.as_secs_f64() / decide.as_secs_f64()
+        decision_only.as_secs_f64() / decide.as_secs_f64()
     );
 }
 
@@ -271,22 +352,50 @@ fn main() {
             );
         }
 
-        let (check_p50, check_p99) = latency(&channels[0], Call::Check).await;
-        let (health_p50, health_p99) = latency(&channels[0], Call::Health).await;
+        let echo_socket = dir.path().join("echo.sock");
+        let listener = tokio::net::UnixListener::bind(&echo_socket).expect("echo socket");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(AuthorizationServer::new(Echo))
+                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+        );
+        let mut echoes = Vec::new();
+        for _ in 0..CHANNELS {
+            echoes.push(grpc_channel(&echo_socket).await.expect("connect to the echo"));
+        }
+
+        let sequential = latencies(&[
+            (&channels[0], Call::Check),
+            (&channels[1], Call::Health),
+            (&echoes[0], Call::Echo),
+        ])
+        .await;
+        let [(check_p50, check_p99), (health_p50, health_p99), (echo_p50, echo_p99)] =
+            sequential[..]
+        else {
+            unreachable!("three kinds measured");
+        };
         let checks = throughput(&channels, Call::Check).await;
         let health = throughput(&channels, Call::Health).await;
+        let echo = throughput(&echoes, Call::Echo).await;
 
         println!(
-            "sequential: Check p50 {:.0} µs p99 {:.0} µs; health p50 {:.0} µs p99 {:.0} µs; p50 ratio {:.2}",
+            "sequential: Check p50 {:.0} µs p99 {:.0} µs; health p50 {:.0} µs p99 {:.0} µs; \
+             bare Check echo p50 {:.0} µs p99 {:.0} µs; Check p50 / health {:.2}, / echo {:.2}",
             us(check_p50),
             us(check_p99),
             us(health_p50),
             us(health_p99),
-            check_p50.as_secs_f64() / health_p50.as_secs_f64()
+            us(echo_p50),
+            us(echo_p99),
+            check_p50.as_secs_f64() / health_p50.as_secs_f64(),
+            check_p50.as_secs_f64() / echo_p50.as_secs_f64(),
         );
         println!(
-            "{CONCURRENCY} concurrent: Check {checks:.0}/s, health {health:.0}/s, Check at {:.0}% of a bare gRPC call",
-            100.0 * checks / health
+            "{CONCURRENCY} concurrent: Check {checks:.0}/s, health {health:.0}/s, bare Check echo {echo:.0}/s; \
+             Check at {:.0}% of health, {:.0}% of the echo",
+            100.0 * checks / health,
+            100.0 * checks / echo,
         );
         let _ = stop_tx.send(());
         let _ = running.await;

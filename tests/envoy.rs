@@ -936,9 +936,7 @@ fn same_as_opa(policies: &std::path::Path, rule: &str, inputs: &[Value]) -> Vec<
         .iter()
         .zip(&opa)
         .map(|(input, opa)| {
-            let ours = engine
-                .eval_rule(rule, regorus::Value::from(input.clone()))
-                .unwrap();
+            let ours = engine.eval_rule(rule, input).unwrap();
             let ours = serde_json::to_value(&ours).unwrap();
             assert_eq!(
                 Some(&ours),

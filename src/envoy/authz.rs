@@ -271,7 +271,7 @@ impl EnvoyAuthz {
             role: app_role,
         };
         let input = input::build(req, &subject, self.parse_body)?;
-        let value = vault.eval_rule(&self.decision_rule, regorus::Value::from(input))?;
+        let value = vault.eval_rule(&self.decision_rule, &input)?;
         let verdict = result::read(&value)?;
         let mut injected = Vec::with_capacity(verdict.inject.len());
         if !verdict.inject.is_empty() {

@@ -9,6 +9,7 @@ use super::builtins::{self, CallCheck};
 use super::decision::{to_decision, Decision};
 use super::input::{cache_key, input_value, PolicyInput};
 use super::memo::DecisionCache;
+use super::reads::{input_reads, projection_key, InputReads};
 use super::source::PolicySource;
 use super::{PolicyConfig, PolicyError, DECISION_RULE};
 
@@ -46,11 +47,39 @@ pub(super) enum Evaluator {
 /// (such as the Envoy decision rule).
 pub(super) struct Compiled {
     pub(super) evaluator: Evaluator,
-    /// The other entrypoints by rule path, each proven to exist at compile time.
-    others: Vec<(String, Evaluator)>,
+    /// The other entrypoints, each proven to exist at compile time.
+    others: Vec<Entrypoint>,
     /// Decisions of [`DECISION_RULE`] by input; `None` when the policy calls
     /// an impure builtin.
     decisions: Option<DecisionCache>,
+}
+
+/// A rule other than [`DECISION_RULE`] that a front end evaluates.
+struct Entrypoint {
+    /// Its full path (`data.envoy.authz.allow`).
+    rule: String,
+    evaluator: Evaluator,
+    /// Its answers by the parts of the input it can read, when the policy
+    /// is pure and those parts are less than the whole input.
+    memo: Option<ProjectionMemo>,
+}
+
+struct ProjectionMemo {
+    /// The input paths the rule can read.
+    paths: Vec<Vec<String>>,
+    answers: DecisionCache<regorus::Value>,
+}
+
+impl ProjectionMemo {
+    fn new(reads: InputReads) -> Option<Self> {
+        let InputReads::Paths(paths) = reads else {
+            return None;
+        };
+        Some(Self {
+            paths,
+            answers: DecisionCache::default(),
+        })
+    }
 }
 
 fn timer_config() -> regorus::utils::limits::ExecutionTimerConfig {
@@ -153,7 +182,15 @@ impl Compiled {
         }
         let others = rules
             .iter()
-            .map(|rule| (rule.clone(), evaluator(&mut engine, &data, rule, prefer_vm)))
+            .map(|rule| Entrypoint {
+                rule: rule.clone(),
+                evaluator: evaluator(&mut engine, &data, rule, prefer_vm),
+                memo: if calls.impure {
+                    None
+                } else {
+                    ProjectionMemo::new(input_reads(engine.get_modules(), rule))
+                },
+            })
             .collect();
         Ok(Self {
             evaluator: evaluator(&mut engine, &data, DECISION_RULE, prefer_vm),
@@ -191,18 +228,44 @@ impl Compiled {
         self.evaluator.eval(DECISION_RULE, input)
     }
 
-    /// Evaluates one of the other rules this policy set was compiled for.
+    /// Evaluates one of the other rules this policy set was compiled for,
+    /// memoized by the parts of the input it can read when the policy is
+    /// pure. The input comes as JSON, so that a memoized answer costs no
+    /// conversion to a regorus value. Errors are not remembered.
     pub(super) fn eval_rule(
         &self,
         rule: &str,
-        input: regorus::Value,
+        input: &serde_json::Value,
     ) -> Result<regorus::Value, PolicyError> {
-        let (rule, evaluator) = self
+        let entry = self
             .others
             .iter()
-            .find(|(name, _)| name == rule)
+            .find(|e| e.rule == rule)
             .ok_or_else(|| PolicyError::Eval(format!("{rule} was not compiled")))?;
-        evaluator.eval(rule, input)
+        let evaluate = || {
+            entry
+                .evaluator
+                .eval(rule, regorus::Value::from(input.clone()))
+        };
+        let Some(memo) = &entry.memo else {
+            return evaluate();
+        };
+        let Some(key) = projection_key(&memo.paths, input) else {
+            return evaluate();
+        };
+        if let Some(answer) = memo.answers.get(&key) {
+            return Ok(answer);
+        }
+        let answer = evaluate()?;
+        memo.answers.insert(key, answer.clone());
+        Ok(answer)
+    }
+
+    #[cfg(test)]
+    pub(super) fn memoizes_rule(&self, rule: &str) -> bool {
+        self.others
+            .iter()
+            .any(|e| e.rule == rule && e.memo.is_some())
     }
 }
 
@@ -324,12 +387,12 @@ mod tests {
         .unwrap();
         assert!(vm.uses_vm());
         for (host, role) in [("h", "r"), ("h", "q"), ("other", "r")] {
-            let input = regorus::Value::from(serde_json::json!({
+            let input = serde_json::json!({
                 "attributes": {"request": {"http": {"host": host, "method": "GET", "path": "/"}}},
                 "agentvault": {"subject": {"role": role}},
-            }));
-            let a = vm.eval_rule(&rule, input.clone()).unwrap();
-            let b = interpreter.eval_rule(&rule, input).unwrap();
+            });
+            let a = vm.eval_rule(&rule, &input).unwrap();
+            let b = interpreter.eval_rule(&rule, &input).unwrap();
             assert_eq!(a, b, "{host} {role}");
             assert_eq!(
                 a["allowed"],
@@ -337,7 +400,7 @@ mod tests {
             );
         }
         assert!(vm
-            .eval_rule("data.other.rule", regorus::Value::new_object())
+            .eval_rule("data.other.rule", &serde_json::json!({}))
             .is_err());
     }
 
@@ -355,5 +418,94 @@ mod tests {
         .unwrap();
         assert!(err.to_string().contains("data.envoy.authz.allow"), "{err}");
         assert!(Compiled::build(only_authz, &PolicyConfig::default(), true).is_ok());
+    }
+
+    fn envoy(rule: &str, sources: &[PolicySource]) -> Compiled {
+        Compiled::build_with_data(
+            sources,
+            &serde_json::Value::Null,
+            &PolicyConfig::default(),
+            &[rule.to_owned()],
+            true,
+        )
+        .unwrap()
+    }
+
+    fn envoy_input(
+        host: &str,
+        method: &str,
+        path: &str,
+        role: Option<&str>,
+        request_id: u32,
+    ) -> serde_json::Value {
+        serde_json::json!({
+            "attributes": {"request": {"http": {
+                "host": host, "method": method, "path": path,
+                "headers": {":authority": host, "x-request-id": request_id.to_string()},
+            }}},
+            "parsed_path": path.split('/').filter(|s| !s.is_empty()).collect::<Vec<_>>(),
+            "agentvault": {"subject": {"role": role}},
+        })
+    }
+
+    proptest::proptest! {
+        /// A memoized answer is the one evaluation gives, whatever the
+        /// order of inputs that share or differ in what the policy reads.
+        #[test]
+        fn memoized_envoy_answers_are_the_evaluated_ones(
+            calls in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec!["h", "h:443", "other", "H", ""]),
+                    proptest::sample::select(vec!["GET", "POST", "get"]),
+                    proptest::sample::select(vec!["/", "/v1/x", "/v2", ""]),
+                    proptest::option::of(proptest::sample::select(vec!["r", "q"])),
+                    proptest::num::u32::ANY,
+                ),
+                1..40,
+            )
+        ) {
+            let rule = "data.envoy.authz.allow";
+            let mut sources = sources();
+            sources[2] = source(
+                "routes.rego",
+                "package envoy.authz\nroutes := {\"h\": {\"roles\": [\"r\"], \"methods\": [\"GET\"], \"path_prefixes\": [\"/v1/\"]}}\n",
+            );
+            let compiled = envoy(rule, &sources);
+            proptest::prop_assert!(compiled.memoizes_rule(rule));
+            let entry = &compiled.others[0];
+            for (host, method, path, role, id) in calls {
+                let input = envoy_input(host, method, path, role, id);
+                let memoized = compiled.eval_rule(rule, &input).unwrap();
+                let evaluated = entry.evaluator.eval(rule, regorus::Value::from(input)).unwrap();
+                proptest::prop_assert_eq!(memoized, evaluated);
+            }
+        }
+    }
+
+    #[test]
+    fn requests_that_differ_only_in_unread_headers_share_one_answer() {
+        let rule = "data.envoy.authz.allow";
+        let compiled = envoy(rule, &sources());
+        let memo = compiled.others[0].memo.as_ref().expect("memoized");
+        for id in 0..100 {
+            compiled
+                .eval_rule(rule, &envoy_input("h", "GET", "/", Some("r"), id))
+                .unwrap();
+        }
+        assert_eq!(memo.answers.len(), 1);
+    }
+
+    #[test]
+    fn a_policy_that_reads_the_clock_or_the_whole_input_is_not_memoized() {
+        let rule = "data.envoy.authz.allow";
+        for extra in [
+            "package envoy.authz\nimport rego.v1\nlate if time.now_ns() > 0\n",
+            "package envoy.authz\nimport rego.v1\nbig if count(input) > 3\n",
+        ] {
+            let mut sources = sources();
+            sources.push(source("extra.rego", extra));
+            assert!(!envoy(rule, &sources).memoizes_rule(rule), "{extra}");
+        }
+        assert!(envoy(rule, &sources()).memoizes_rule(rule));
     }
 }

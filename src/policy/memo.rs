@@ -16,13 +16,22 @@ use super::decision::Decision;
 /// evaluation per distinct input and needs no bookkeeping per hit.
 const CAPACITY: usize = 4096;
 
-#[derive(Default)]
-pub(super) struct DecisionCache {
-    decisions: Mutex<HashMap<Box<[u8]>, Decision>>,
+/// Answers by input key: [`Decision`]s of the decision rule, or the values
+/// of another rule.
+pub(super) struct DecisionCache<T = Decision> {
+    decisions: Mutex<HashMap<Box<[u8]>, T>>,
 }
 
-impl DecisionCache {
-    pub(super) fn get(&self, key: &[u8]) -> Option<Decision> {
+impl<T> Default for DecisionCache<T> {
+    fn default() -> Self {
+        Self {
+            decisions: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<T: Clone> DecisionCache<T> {
+    pub(super) fn get(&self, key: &[u8]) -> Option<T> {
         self.decisions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -30,7 +39,7 @@ impl DecisionCache {
             .cloned()
     }
 
-    pub(super) fn insert(&self, key: Vec<u8>, decision: Decision) {
+    pub(super) fn insert(&self, key: Vec<u8>, decision: T) {
         let mut decisions = self
             .decisions
             .lock()
@@ -56,7 +65,7 @@ mod tests {
 
     #[test]
     fn keeps_at_most_its_capacity() {
-        let cache = DecisionCache::default();
+        let cache = DecisionCache::<Decision>::default();
         for n in 0..CAPACITY + 10 {
             cache.insert(n.to_le_bytes().to_vec(), Decision::deny("x"));
         }

@@ -6,12 +6,14 @@
 //! be an OPA bundle (`bundle.rs`); OPA builtins regorus lacks are ours
 //! (`builtins/`); `tooling.rs` serves `agentvault policy eval/test/check`.
 
+mod ast;
 mod builtins;
 mod bundle;
 mod compiled;
 mod decision;
 mod input;
 mod memo;
+mod reads;
 mod source;
 mod tooling;
 
@@ -240,7 +242,7 @@ impl PolicyEngine {
     pub fn eval_rule(
         &self,
         rule: &str,
-        input: regorus::Value,
+        input: &serde_json::Value,
     ) -> Result<regorus::Value, PolicyError> {
         self.compiled().eval_rule(rule, input)
     }

@@ -283,7 +283,7 @@ impl Vault {
     pub fn eval_rule(
         &self,
         rule: &str,
-        input: regorus::Value,
+        input: &serde_json::Value,
     ) -> Result<regorus::Value, crate::policy::PolicyError> {
         let started = std::time::Instant::now();
         let result = self.policy.eval_rule(rule, input);

@@ -5,7 +5,11 @@
 
 use std::collections::BTreeSet;
 
-use regorus::unstable::{Expr, Literal, Module, Query, Rule, RuleHead};
+use regorus::unstable::{Expr, Module, Rule};
+
+use crate::policy::ast::{
+    head_path, imports, package_path, ref_path, ref_root, rule_ref, walk_expr, walk_rule, Visit,
+};
 
 /// A call to a function nothing provides, where it is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,43 +50,6 @@ const IMPURE: &[&str] = &[
     "trace",
     "print",
 ];
-
-/// The dotted name a reference spells, when it is static (`a.b["c"]`).
-fn ref_path(expr: &Expr) -> Option<String> {
-    match expr {
-        Expr::Var { value, .. } => value.as_string().ok().map(|s| s.to_string()),
-        Expr::RefDot { refr, field, .. } => {
-            Some(format!("{}.{}", ref_path(refr)?, field.1.as_string().ok()?))
-        }
-        Expr::RefBrack { refr, index, .. } => match index.as_ref() {
-            Expr::String { value, .. } => {
-                Some(format!("{}.{}", ref_path(refr)?, value.as_string().ok()?))
-            }
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// The variable a reference starts from, where its name begins.
-fn ref_root(expr: &Expr) -> &Expr {
-    match expr {
-        Expr::RefDot { refr, .. } | Expr::RefBrack { refr, .. } => ref_root(refr),
-        _ => expr,
-    }
-}
-
-/// The longest static prefix of a rule head's reference (`a.b[x]` → `a.b`).
-fn head_path(expr: &Expr) -> Option<String> {
-    ref_path(expr).or_else(|| match expr {
-        Expr::RefBrack { refr, .. } => head_path(refr),
-        _ => None,
-    })
-}
-
-fn package_path(module: &Module) -> Option<String> {
-    ref_path(&module.package.refr).map(|p| format!("data.{p}"))
-}
 
 struct Checker<'a> {
     defined: &'a BTreeSet<String>,
@@ -131,130 +98,19 @@ impl Checker<'_> {
             });
         }
     }
+}
 
-    fn query(&mut self, query: &Query) {
-        for stmt in &query.stmts {
-            match &stmt.literal {
-                Literal::SomeVars { .. } => {}
-                Literal::SomeIn {
-                    key,
-                    value,
-                    collection,
-                    ..
-                } => {
-                    if let Some(key) = key {
-                        self.expr(key);
-                    }
-                    self.expr(value);
-                    self.expr(collection);
-                }
-                Literal::Expr { expr, .. } | Literal::NotExpr { expr, .. } => self.expr(expr),
-                Literal::Every { domain, query, .. } => {
-                    self.expr(domain);
-                    self.query(query);
-                }
-            }
-            for with in &stmt.with_mods {
-                self.expr(&with.r#as);
-            }
+impl Visit for Checker<'_> {
+    fn visit_expr(&mut self, expr: &Expr) {
+        if let Expr::Call { fcn, .. } = expr {
+            self.call(fcn);
         }
-    }
-
-    fn expr(&mut self, expr: &Expr) {
-        match expr {
-            Expr::Call { fcn, params, .. } => {
-                self.call(fcn);
-                params.iter().for_each(|p| self.expr(p));
-            }
-            Expr::Array { items, .. } | Expr::Set { items, .. } => {
-                items.iter().for_each(|i| self.expr(i))
-            }
-            Expr::Object { fields, .. } => fields.iter().for_each(|(_, k, v)| {
-                self.expr(k);
-                self.expr(v);
-            }),
-            Expr::ArrayCompr { term, query, .. } | Expr::SetCompr { term, query, .. } => {
-                self.expr(term);
-                self.query(query);
-            }
-            Expr::ObjectCompr {
-                key, value, query, ..
-            } => {
-                self.expr(key);
-                self.expr(value);
-                self.query(query);
-            }
-            Expr::UnaryExpr { expr, .. } => self.expr(expr),
-            Expr::RefDot { refr, .. } => self.expr(refr),
-            Expr::RefBrack { refr, index, .. } => {
-                self.expr(refr);
-                self.expr(index);
-            }
-            Expr::BinExpr { lhs, rhs, .. }
-            | Expr::BoolExpr { lhs, rhs, .. }
-            | Expr::ArithExpr { lhs, rhs, .. }
-            | Expr::AssignExpr { lhs, rhs, .. } => {
-                self.expr(lhs);
-                self.expr(rhs);
-            }
-            Expr::Membership {
-                key,
-                value,
-                collection,
-                ..
-            } => {
-                if let Some(key) = key {
-                    self.expr(key);
-                }
-                self.expr(value);
-                self.expr(collection);
-            }
-            #[allow(unreachable_patterns)]
-            _ => {}
-        }
-    }
-
-    fn rule(&mut self, rule: &Rule) {
-        match rule {
-            Rule::Spec { head, bodies, .. } => {
-                match head {
-                    RuleHead::Compr { assign, .. } => {
-                        if let Some(assign) = assign {
-                            self.expr(&assign.value);
-                        }
-                    }
-                    RuleHead::Set { key, .. } => {
-                        if let Some(key) = key {
-                            self.expr(key);
-                        }
-                    }
-                    RuleHead::Func { assign, .. } => {
-                        if let Some(assign) = assign {
-                            self.expr(&assign.value);
-                        }
-                    }
-                }
-                for body in bodies {
-                    if let Some(assign) = &body.assign {
-                        self.expr(&assign.value);
-                    }
-                    self.query(&body.query);
-                }
-            }
-            Rule::Default { value, .. } => self.expr(value),
-        }
+        walk_expr(self, expr);
     }
 }
 
 fn rule_path(rule: &Rule) -> Option<String> {
-    match rule {
-        Rule::Spec { head, .. } => match head {
-            RuleHead::Compr { refr, .. }
-            | RuleHead::Set { refr, .. }
-            | RuleHead::Func { refr, .. } => head_path(refr),
-        },
-        Rule::Default { refr, .. } => head_path(refr),
-    }
+    head_path(rule_ref(rule))
 }
 
 /// The full path (`data.pkg.rule`) of every rule and function in `modules`.
@@ -285,18 +141,7 @@ pub(crate) fn check(
         let Some(package) = package_path(module) else {
             continue;
         };
-        let imports = module
-            .imports
-            .iter()
-            .filter_map(|import| {
-                let path = ref_path(&import.refr)?;
-                let alias = match &import.r#as {
-                    Some(alias) => alias.text().to_owned(),
-                    None => path.rsplit('.').next()?.to_owned(),
-                };
-                Some((alias, path))
-            })
-            .collect();
+        let imports = imports(module);
         let mut checker = Checker {
             defined: &defined,
             is_builtin,
@@ -306,7 +151,7 @@ pub(crate) fn check(
             out: &mut out,
         };
         for rule in &module.policy {
-            checker.rule(rule);
+            walk_rule(&mut checker, rule);
         }
     }
     out
