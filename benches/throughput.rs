@@ -137,6 +137,17 @@ fn sidecar_get(conn: &mut Connection, k: usize) -> BoxFuture<'_, ()> {
     })
 }
 
+fn sidecar_put(conn: &mut Connection, k: usize) -> BoxFuture<'_, ()> {
+    Box::pin(async move {
+        let body = serde_json::json!({ "value": VALUE }).to_string().into_bytes();
+        let reply = conn
+            .send(Method::PUT, &format!("/v1/secrets/bench/k{k}"), Some(body))
+            .await
+            .expect("PUT");
+        assert_eq!(reply.status, 200);
+    })
+}
+
 fn redis_get(conn: &mut redis::aio::ConnectionManager, k: usize) -> BoxFuture<'_, ()> {
     Box::pin(async move {
         let v: Option<String> = redis::cmd("GET")
@@ -325,7 +336,7 @@ fn main() {
     // Two sidecars of one agent on one Redis and keyring: B caches (the
     // default), A does not. A writes, B reads.
     let keyring = dir.path().join("keyring.json");
-    let (_warm, warm_socket) = sidecar(dir.path(), "warm", &url, &keyring, &[]);
+    let (warm, warm_socket) = sidecar(dir.path(), "warm", &url, &keyring, &[]);
     let (_cold, cold_socket) = sidecar(
         dir.path(),
         "cold",
@@ -375,15 +386,7 @@ fn main() {
                 })
             })
             .await);
-            let put_body = Arc::new(body.clone());
-            keep("sidecar PUT", measure(socket_setup(&warm_socket), move |conn: &mut Connection, k| {
-                let body = put_body.clone();
-                Box::pin(async move {
-                    let reply = conn.send(Method::PUT, &format!("/v1/secrets/bench/k{k}"), Some(body.to_vec())).await.unwrap();
-                    assert_eq!(reply.status, 200);
-                })
-            })
-            .await);
+            keep("sidecar PUT", measure(socket_setup(&warm_socket), sidecar_put).await);
         }
         let raw_get = best["raw Redis GET"];
         let bare = best["bare hyper, fixed body"];
@@ -407,7 +410,7 @@ fn main() {
         // Redis's cost per read, warm (cache on) and cold, audited alike.
         let mut redis = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
         println!();
-        println!("Redis CPU per read ({CPU_READS} reads, {CONCURRENCY} connections, audit appends included)");
+        println!("Redis CPU per request ({CPU_READS} requests, {CONCURRENCY} connections, audit appends included)");
         println!("{:<20}{:>16}{:>16}  commands per read", "read", "command µs", "process µs");
         for (name, socket) in [("sidecar GET, warm", &warm_socket), ("sidecar GET, cold", &cold_socket)] {
             let (command_us, process_us, per_read) =
@@ -417,6 +420,9 @@ fn main() {
         let (command_us, process_us, per_read) =
             redis_cost(&mut redis, false, run_count(redis_setup(url.clone()), redis_get, CPU_READS)).await;
         println!("{:<20}{command_us:>16.2}{process_us:>16.2}  {per_read}", "raw Redis GET");
+        let (command_us, process_us, per_write) =
+            redis_cost(&mut redis, true, run_count(socket_setup(&warm_socket), sidecar_put, CPU_READS)).await;
+        println!("{:<20}{command_us:>16.2}{process_us:>16.2}  {per_write}", "sidecar PUT");
 
         // Invalidation latency: A's PUT returns; B had the old value cached; how
         // long until B answers the new one.
@@ -450,5 +456,43 @@ fn main() {
             percentile(&samples, 0.99).as_secs_f64() * 1e3,
             samples.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
         );
+
+        println!();
+        println!("warm sidecar, idle: {}", idle(warm.0.id(), IDLE_WINDOW).await);
     });
+}
+
+/// How long the idle sidecar is watched for its CPU use.
+const IDLE_WINDOW: Duration = Duration::from_secs(10);
+
+/// Resident memory of process `pid` (all, anonymous, file-backed: the
+/// binary's pages) and the CPU it spends over `window` while nothing calls it.
+async fn idle(pid: u32, window: Duration) -> String {
+    let ticks = || -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+        // Fields after the command name, which ends at the last ')': utime and stime are 14 and 15.
+        let after = &stat[stat.rfind(')').expect("stat format") + 2..];
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+    };
+    let before = ticks();
+    tokio::time::sleep(window).await;
+    let spent = ticks() - before;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    let kib = |field: &str| -> f64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .expect("a memory field")
+    };
+    // Clock ticks are 10 ms on Linux (USER_HZ 100).
+    let millicores = spent as f64 * 10.0 / window.as_secs_f64();
+    format!(
+        "RSS {:.1} MiB (anonymous {:.1} MiB, file {:.1} MiB); CPU {millicores:.2} mCPU over {}s ({spent} ticks)",
+        kib("VmRSS:") / 1024.0,
+        kib("RssAnon:") / 1024.0,
+        kib("RssFile:") / 1024.0,
+        window.as_secs()
+    )
 }
