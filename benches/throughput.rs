@@ -139,7 +139,9 @@ fn sidecar_get(conn: &mut Connection, k: usize) -> BoxFuture<'_, ()> {
 
 fn sidecar_put(conn: &mut Connection, k: usize) -> BoxFuture<'_, ()> {
     Box::pin(async move {
-        let body = serde_json::json!({ "value": VALUE }).to_string().into_bytes();
+        let body = serde_json::json!({ "value": VALUE })
+            .to_string()
+            .into_bytes();
         let reply = conn
             .send(Method::PUT, &format!("/v1/secrets/bench/k{k}"), Some(body))
             .await
