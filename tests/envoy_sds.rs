@@ -461,6 +461,13 @@ async fn serves_each_resource_type_and_leaves_out_denied_and_missing_ones() {
         && e["path"] == "team/researcher-only"
         && e["outcome"] == "policy_denied"
         && e["role"] == "envoy"));
+    // Once, by the vault, with its reasons: not again as a missing secret.
+    assert!(
+        !audit.iter().any(|e| e["event"] == "vault.denied"
+            && e["path"] == "team/researcher-only"
+            && e["outcome"] == "not_found"),
+        "{audit:?}"
+    );
     assert!(audit.iter().any(|e| e["event"] == "vault.denied"
         && e["path"] == "envoy/does-not-exist"
         && e["outcome"] == "not_found"));

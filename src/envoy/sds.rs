@@ -138,6 +138,11 @@ impl Absence {
         }
     }
 
+    /// A refusal the vault has audited already (a secret hidden from the caller).
+    fn is_audited(&self) -> bool {
+        matches!(self, Self::Vault(VaultError::Hidden(_)))
+    }
+
     /// A failure that says nothing about the resource itself: what Envoy
     /// already has stays.
     fn is_transient(&self) -> bool {
@@ -331,8 +336,8 @@ impl EnvoySds {
     }
 
     /// Logs, counts and audits a resource left out of responses. A policy
-    /// denial was audited by the vault already; a transient failure is
-    /// logged only.
+    /// denial, shown or hidden as a missing secret, was audited by the vault
+    /// already; a transient failure is logged only.
     async fn report_absence(&self, envoy: &Peer, name: &str, absence: &Absence) {
         let code = absence.code();
         self.metrics.sds_left_out(code.as_str());
@@ -341,7 +346,7 @@ impl EnvoySds {
             return;
         }
         tracing::info!(resource = %name, code = code.as_str(), reason = %absence, "SDS resource left out");
-        if code == ErrorCode::PolicyDenied {
+        if code == ErrorCode::PolicyDenied || absence.is_audited() {
             return;
         }
         let Ok(vault) = current_vault(&self.vault) else {

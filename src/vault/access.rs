@@ -10,7 +10,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{no_secret_at, SecretValue, Vault, VaultError, PAGE};
+use super::{hidden_at, SecretValue, Vault, VaultError, PAGE};
 use crate::audit::EventKind;
 use crate::identity::{Caller, WorkloadIdentity, DEFAULT_ID_PATTERN};
 use crate::model::{
@@ -368,7 +368,7 @@ impl Vault {
             .await;
         Err(match (hidden, unreadable) {
             (false, _) => denied,
-            (true, Unreadable::NotFound) => no_secret_at(&path),
+            (true, Unreadable::NotFound) => hidden_at(&path),
             (true, Unreadable::Refused) => VaultError::Denied {
                 reasons: vec![PATH_NOT_WRITABLE.to_owned()],
             },

@@ -231,7 +231,10 @@ impl Vault {
 fn refusal_a_twin_may_explain(e: &VaultError) -> bool {
     matches!(
         e,
-        VaultError::NotFound(_) | VaultError::Conflict { .. } | VaultError::Raced
+        VaultError::NotFound(_)
+            | VaultError::Hidden(_)
+            | VaultError::Conflict { .. }
+            | VaultError::Raced
     )
 }
 

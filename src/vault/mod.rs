@@ -97,6 +97,12 @@ pub enum VaultError {
     Invalid { field: String, message: String },
     #[error("{0}")]
     NotFound(String),
+    /// What a caller that may not read a secret is told: to it, exactly a
+    /// missing secret (same code, status and message). The refusal is
+    /// audited already, so a front end that audits what it leaves out (SDS)
+    /// knows not to record it twice.
+    #[error("{0}")]
+    Hidden(String),
     #[error("cas {expected} does not match the current version {current}")]
     Conflict { expected: u64, current: u64 },
     #[error("secret `{path}` expired at {at}")]
@@ -158,7 +164,7 @@ impl VaultError {
             Self::Invalid { .. } => ErrorCode::InvalidRequest,
             Self::Unauthenticated(_) => ErrorCode::Unauthenticated,
             Self::Denied { .. } => ErrorCode::PolicyDenied,
-            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::NotFound(_) | Self::Hidden(_) => ErrorCode::NotFound,
             Self::Conflict { .. } | Self::AlreadyDecided(_) => ErrorCode::Conflict,
             Self::Expired { .. } => ErrorCode::Expired,
             Self::TooLarge { .. } => ErrorCode::TooLarge,
@@ -1177,10 +1183,15 @@ fn not_found(path: &SecretPath) -> VaultError {
     no_secret_at(path.as_str())
 }
 
-/// What a path holding nothing answers, and word for word what a caller that
-/// may not read the secret there is told (see [`Vault::authorize`]).
+/// What a path holding nothing answers.
 fn no_secret_at(path: &str) -> VaultError {
     VaultError::NotFound(format!("no secret at `{path}`"))
+}
+
+/// Word for word [`no_secret_at`], for a caller that may not read the
+/// secret there (see [`Vault::authorize`]).
+fn hidden_at(path: &str) -> VaultError {
+    VaultError::Hidden(format!("no secret at `{path}`"))
 }
 
 fn decode_cursor(cursor: &str) -> Result<String, VaultError> {
