@@ -89,6 +89,12 @@ async fn reads_what_it_commits(store: Arc<dyn Store>) {
         .map(|v| v.version)
         .collect();
     assert_eq!(numbers, vec![1, 2]);
+    let full = store.versions(T, "a").await.unwrap();
+    assert_eq!(
+        store.version_stamps(T, "a").await.unwrap(),
+        full.iter().map(VersionRecord::stamp).collect::<Vec<_>>(),
+        "stamps are the versions without their sealed values"
+    );
 }
 
 fn record_with_times(stored: &SecretRecord, mut want: SecretRecord) -> SecretRecord {

@@ -130,7 +130,7 @@ impl SecretRecord {
     /// When `version` stops being readable, if ever: the secret's expiry for
     /// the active version, the expiry it retired with otherwise, and in both
     /// cases no later than a rotation's grace period.
-    pub fn expiry_of(&self, version: &VersionRecord) -> Option<DateTime<Utc>> {
+    pub fn expiry_of(&self, version: &VersionStamp) -> Option<DateTime<Utc>> {
         let expiry = if version.version == self.active_version {
             self.expires_at
         } else {
@@ -162,6 +162,27 @@ pub struct VersionRecord {
     pub sealed: Sealed,
     /// Set when a rotation gave this version a grace period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl VersionRecord {
+    pub fn stamp(&self) -> VersionStamp {
+        VersionStamp {
+            version: self.version,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+/// A version without its sealed value: what history listings and retention
+/// need. Read from a stored [`VersionRecord`], whose `sealed` field is
+/// skipped unparsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct VersionStamp {
+    pub version: u64,
+    pub created_at: DateTime<Utc>,
+    #[serde(default)]
     pub expires_at: Option<DateTime<Utc>>,
 }
 
@@ -254,6 +275,26 @@ pub struct ApprovalRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stamp_reads_a_stored_version_without_its_sealed_value() {
+        let at = DateTime::from_timestamp(1_764_633_600, 0).unwrap();
+        for expires_at in [None, Some(at)] {
+            let record = VersionRecord {
+                version: 7,
+                created_at: at,
+                sealed: crate::crypto::Sealed {
+                    kek_id: "k1".into(),
+                    wrapped_dek: vec![1; 60],
+                    ciphertext: vec![2; 100],
+                },
+                expires_at,
+            };
+            let stored = serde_json::to_vec(&record).unwrap();
+            let stamp: VersionStamp = serde_json::from_slice(&stored).unwrap();
+            assert_eq!(stamp, record.stamp());
+        }
+    }
 
     #[test]
     fn accepts_valid_paths() {

@@ -32,7 +32,7 @@ use super::{
 };
 use crate::crypto::Sealed;
 use crate::model::audit::{AuditEntry, AuditEvent, AuditId};
-use crate::model::{ApprovalRecord, Grant, SecretRecord, TokenRecord, VersionRecord};
+use crate::model::{ApprovalRecord, Grant, SecretRecord, TokenRecord, VersionRecord, VersionStamp};
 
 /// Default bounds: enough for every secret a pod's agents use, small enough
 /// for an idle sidecar to stay within a few MiB.
@@ -483,6 +483,14 @@ impl Store for CachedStore {
 
     async fn versions(&self, tenant: &str, path: &str) -> Result<Vec<VersionRecord>, StoreError> {
         self.inner.versions(tenant, path).await
+    }
+
+    async fn version_stamps(
+        &self,
+        tenant: &str,
+        path: &str,
+    ) -> Result<Vec<VersionStamp>, StoreError> {
+        self.inner.version_stamps(tenant, path).await
     }
 
     async fn commit_all_once(

@@ -26,7 +26,7 @@ use crate::crypto::Sealed;
 use crate::model::audit::{AuditEntry, AuditEvent, AuditId};
 use crate::model::{
     ApprovalRecord, ApprovalStatus, Grant, SecretRecord, SecretType, Tier, TokenRecord,
-    VersionRecord,
+    VersionRecord, VersionStamp,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -258,6 +258,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every stored version of a secret, oldest first.
     async fn versions(&self, tenant: &str, path: &str) -> Result<Vec<VersionRecord>, StoreError>;
+
+    /// [`Self::versions`] without the sealed values: for listings and
+    /// retention, which every write runs, so a store may skip decoding them.
+    async fn version_stamps(
+        &self,
+        tenant: &str,
+        path: &str,
+    ) -> Result<Vec<VersionStamp>, StoreError> {
+        Ok(self
+            .versions(tenant, path)
+            .await?
+            .iter()
+            .map(VersionRecord::stamp)
+            .collect())
+    }
 
     /// Applies every commit, or none of them if any expectation fails. The
     /// commits must name distinct paths.

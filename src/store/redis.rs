@@ -46,7 +46,7 @@ use super::{
 use crate::crypto::Sealed;
 use crate::model::audit::{AuditEntry, AuditEvent, AuditId};
 use crate::model::{
-    ApprovalRecord, ApprovalStatus, Grant, SecretRecord, TokenRecord, VersionRecord,
+    ApprovalRecord, ApprovalStatus, Grant, SecretRecord, TokenRecord, VersionRecord, VersionStamp,
 };
 
 /// Checks every commit's expected `latest` first (and that a new latest
@@ -629,6 +629,22 @@ fn stream_entries(reply: Value) -> Result<Vec<AuditEntry>, StoreError> {
 }
 
 impl RedisStore {
+    /// Every stored version of `path`, decoded as `T` (whole records, or
+    /// their stamps), in no order.
+    async fn all_versions<T: serde::de::DeserializeOwned>(
+        &self,
+        tenant: &str,
+        path: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut conn = self.conn().await?;
+        let raw: Vec<Vec<u8>> = redis::cmd("HVALS")
+            .arg(key(tenant, "v", path))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        raw.iter().map(|bytes| decode::<T>(path, bytes)).collect()
+    }
+
     /// A fresh connection, not shared with the request path, for blocking reads.
     async fn follow_conn(&self) -> Result<FollowConn, StoreError> {
         match &self.target {
@@ -789,18 +805,19 @@ impl Store for RedisStore {
     }
 
     async fn versions(&self, tenant: &str, path: &str) -> Result<Vec<VersionRecord>, StoreError> {
-        let mut conn = self.conn().await?;
-        let raw: Vec<Vec<u8>> = redis::cmd("HVALS")
-            .arg(key(tenant, "v", path))
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        let mut versions = raw
-            .iter()
-            .map(|bytes| decode::<VersionRecord>(path, bytes))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut versions: Vec<VersionRecord> = self.all_versions(tenant, path).await?;
         versions.sort_by_key(|v| v.version);
         Ok(versions)
+    }
+
+    async fn version_stamps(
+        &self,
+        tenant: &str,
+        path: &str,
+    ) -> Result<Vec<VersionStamp>, StoreError> {
+        let mut stamps: Vec<VersionStamp> = self.all_versions(tenant, path).await?;
+        stamps.sort_by_key(|v| v.version);
+        Ok(stamps)
     }
 
     async fn commit_all_once(

@@ -106,7 +106,7 @@ impl Vault {
         let record = record.ok_or_else(|| not_found(&path))?;
         let versions = self
             .store
-            .versions(&self.workload.tenant, path.as_str())
+            .version_stamps(&self.workload.tenant, path.as_str())
             .await?;
         self.audit_done(
             caller,
@@ -249,7 +249,7 @@ impl Vault {
                     let rotated = Rotated {
                         new_version: commit.record.active_version,
                         old_version: old.version,
-                        old_expires_at: commit.record.expiry_of(&old).unwrap_or(grace_end),
+                        old_expires_at: commit.record.expiry_of(&old.stamp()).unwrap_or(grace_end),
                     };
                     commit.versions.push(old);
                     let record = self.once_record(once, &rotated)?;
@@ -382,9 +382,9 @@ impl Vault {
         }
         let existing = self
             .store
-            .versions(&self.workload.tenant, path.as_str())
+            .version_stamps(&self.workload.tenant, path.as_str())
             .await?;
-        let kept = |v: &crate::model::VersionRecord| {
+        let kept = |v: &crate::model::VersionStamp| {
             v.version == new_version
                 || v.version == replaced
                 || v.expires_at.is_some_and(|at| at > now)

@@ -1145,7 +1145,7 @@ fn check_not_expired(
     version: &VersionRecord,
     now: DateTime<Utc>,
 ) -> Result<(), VaultError> {
-    match record.expiry_of(version).filter(|at| *at <= now) {
+    match record.expiry_of(&version.stamp()).filter(|at| *at <= now) {
         Some(at) => Err(VaultError::Expired {
             path: path.to_string(),
             at,

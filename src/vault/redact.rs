@@ -682,7 +682,7 @@ impl Vault {
             if version.version != record.active_version && !in_grace {
                 continue;
             }
-            let expiry = record.expiry_of(&version);
+            let expiry = record.expiry_of(&version.stamp());
             if expiry.is_some_and(|at| at <= now) {
                 continue;
             }
