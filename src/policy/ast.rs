@@ -53,8 +53,9 @@ pub(super) fn var_name(expr: &Expr) -> Option<String> {
     }
 }
 
-/// The dotted name a reference spells, when it is static (`a.b["c"]`).
-pub(super) fn ref_path(expr: &Expr) -> Option<String> {
+/// The dotted name of a reference's variable and its fields up to the first
+/// computed index, and whether that covers the whole reference.
+fn static_prefix(expr: &Expr) -> Option<(String, bool)> {
     let (root, steps) = chain(expr);
     let mut path = var_name(root)?;
     for step in steps {
@@ -63,10 +64,15 @@ pub(super) fn ref_path(expr: &Expr) -> Option<String> {
                 path.push('.');
                 path.push_str(&name);
             }
-            Step::Index(_) => return None,
+            Step::Index(_) => return Some((path, false)),
         }
     }
-    Some(path)
+    Some((path, true))
+}
+
+/// The dotted name a reference spells, when it is static (`a.b["c"]`).
+pub(super) fn ref_path(expr: &Expr) -> Option<String> {
+    static_prefix(expr).and_then(|(path, whole)| whole.then_some(path))
 }
 
 /// The variable a reference starts from, where its name begins.
@@ -76,18 +82,7 @@ pub(super) fn ref_root(expr: &Expr) -> &Expr {
 
 /// The longest static prefix of a rule head's reference (`a.b[x]` → `a.b`).
 pub(super) fn head_path(expr: &Expr) -> Option<String> {
-    let (root, steps) = chain(expr);
-    let mut path = var_name(root)?;
-    for step in steps {
-        match step {
-            Step::Field(name) => {
-                path.push('.');
-                path.push_str(&name);
-            }
-            Step::Index(_) => break,
-        }
-    }
-    Some(path)
+    static_prefix(expr).map(|(path, _)| path)
 }
 
 /// `data.` and the module's package, dotted.
@@ -179,16 +174,24 @@ pub(super) fn walk_expr<V: Visit + ?Sized>(v: &mut V, expr: &Expr) {
             value,
             collection,
             ..
-        } => {
-            if let Some(key) = key {
-                v.visit_expr(key);
-            }
-            v.visit_expr(value);
-            v.visit_expr(collection);
-        }
+        } => walk_membership(v, key.as_deref(), value, collection),
         #[allow(unreachable_patterns)]
         _ => {}
     }
+}
+
+/// `key, value in collection`, as a test (`x in xs`) or a binding (`some x in xs`).
+fn walk_membership<V: Visit + ?Sized>(
+    v: &mut V,
+    key: Option<&Expr>,
+    value: &Expr,
+    collection: &Expr,
+) {
+    if let Some(key) = key {
+        v.visit_expr(key);
+    }
+    v.visit_expr(value);
+    v.visit_expr(collection);
 }
 
 pub(super) fn walk_query<V: Visit + ?Sized>(v: &mut V, query: &Query) {
@@ -200,13 +203,7 @@ pub(super) fn walk_query<V: Visit + ?Sized>(v: &mut V, query: &Query) {
                 value,
                 collection,
                 ..
-            } => {
-                if let Some(key) = key {
-                    v.visit_expr(key);
-                }
-                v.visit_expr(value);
-                v.visit_expr(collection);
-            }
+            } => walk_membership(v, key.as_deref(), value, collection),
             Literal::Expr { expr, .. } | Literal::NotExpr { expr, .. } => v.visit_expr(expr),
             Literal::Every { domain, query, .. } => {
                 v.visit_expr(domain);
