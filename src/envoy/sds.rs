@@ -958,29 +958,41 @@ fn envoy_peer<T>(request: &Request<T>) -> Result<Peer, SdsError> {
         .ok_or(SdsError::NoPeer)
 }
 
+type Responses<T> = ReceiverStream<Result<T, Status>>;
+
+/// Runs one stream of Envoy's requests on a task of its own, answering on
+/// the response stream it returns.
+fn open_stream<Req, Resp, Fut>(
+    sds: Arc<EnvoySds>,
+    request: Request<Streaming<Req>>,
+    run: impl FnOnce(Arc<EnvoySds>, Peer, Streaming<Req>, mpsc::Sender<Result<Resp, Status>>) -> Fut,
+) -> Result<Response<Responses<Resp>>, Status>
+where
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let envoy = envoy_peer(&request)?;
+    let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+    tokio::spawn(run(sds, envoy, request.into_inner(), tx));
+    Ok(Response::new(ReceiverStream::new(rx)))
+}
+
 #[tonic::async_trait]
 impl SecretDiscoveryService for SdsService {
-    type DeltaSecretsStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-    type StreamSecretsStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaSecretsStream = Responses<DeltaDiscoveryResponse>;
+    type StreamSecretsStream = Responses<DiscoveryResponse>;
 
     async fn delta_secrets(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
-        let envoy = envoy_peer(&request)?;
-        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(run_delta(self.0.clone(), envoy, request.into_inner(), tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        open_stream(self.0.clone(), request, run_delta)
     }
 
     async fn stream_secrets(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamSecretsStream>, Status> {
-        let envoy = envoy_peer(&request)?;
-        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(run_sotw(self.0.clone(), envoy, request.into_inner(), tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        open_stream(self.0.clone(), request, run_sotw)
     }
 
     /// One resolution of the named resources; `version_info` changes exactly
