@@ -71,10 +71,19 @@ struct ProjectionMemo {
 }
 
 impl ProjectionMemo {
-    fn new(reads: InputReads) -> Option<Self> {
-        let InputReads::Paths(paths) = reads else {
+    /// The memo of `rule`, if it can have one; says which at load, since a
+    /// rule elsewhere in the policy set can turn it off.
+    fn for_rule(engine: &mut regorus::Engine, rule: &str, impure: bool) -> Option<Self> {
+        if impure {
+            tracing::info!(rule, "answers not memoized: a policy calls a builtin that reads the clock, randomness or the network");
+            return None;
+        }
+        let InputReads::Paths(paths) = input_reads(engine.get_modules(), rule) else {
+            tracing::info!(rule, "answers not memoized: a policy uses `input` whole (`input`, `input[x]` or `with input`)");
             return None;
         };
+        let reads: Vec<String> = paths.iter().map(|p| p.join(".")).collect();
+        tracing::info!(rule, reads = ?reads, "answers memoized by the parts of input the policies read");
         Some(Self {
             paths,
             answers: DecisionCache::default(),
@@ -185,11 +194,7 @@ impl Compiled {
             .map(|rule| Entrypoint {
                 rule: rule.clone(),
                 evaluator: evaluator(&mut engine, &data, rule, prefer_vm),
-                memo: if calls.impure {
-                    None
-                } else {
-                    ProjectionMemo::new(input_reads(engine.get_modules(), rule))
-                },
+                memo: ProjectionMemo::for_rule(&mut engine, rule, calls.impure),
             })
             .collect();
         Ok(Self {
