@@ -11,8 +11,8 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use agentvault::envoy::{build_input, SubjectInput};
-use agentvault::policy::{PolicyConfig, PolicyEngine};
+use agentvault::envoy::{build_input, build_input_for, SubjectInput, Want};
+use agentvault::policy::{PolicyConfig, PolicyEngine, PolicyError};
 use envoy_types::pb::envoy::config::core::v3::{
     address, header_value_option::HeaderAppendAction, socket_address, Address, HeaderValueOption,
     SocketAddress,
@@ -992,4 +992,95 @@ fn same_answers_as_opa() {
         allowed > 10 && allowed < inputs.len() / 2,
         "both answers are covered: {allowed}"
     );
+}
+
+/// A policy that reads a header by a computed name, the query, the body and
+/// the source address.
+const WIDE_READS: &str = r#"package envoy.authz
+import rego.v1
+default allow := false
+allow if {
+    some name in ["x-team", "x-group"]
+    input.attributes.request.http.headers[name] == "a"
+}
+allow if input.parsed_query.debug[0] == "1"
+allow if input.parsed_body.ok == true
+allow if input.attributes.source.address.socketAddress.portValue == 1
+"#;
+
+/// The Envoy front end builds only the parts of the input the policy can
+/// read; on every request that input is decided exactly as the whole one.
+#[test]
+fn inputs_built_for_what_the_policy_reads_decide_as_the_whole_input() {
+    let wide = peers::shared_dir();
+    std::fs::write(wide.path().join("wide.rego"), WIDE_READS).unwrap();
+    std::fs::copy(
+        repo().join("policies/authz.rego"),
+        wide.path().join("authz.rego"),
+    )
+    .unwrap();
+    let rule = "data.envoy.authz.allow";
+    let mut requests: Vec<(CheckRequest, Option<&str>)> = plugin_cases()
+        .into_iter()
+        .map(|(req, _)| (req, None))
+        .collect();
+    for (n, host) in ["api.openai.com", "api.openai.com:443", "plain.example.com"]
+        .into_iter()
+        .enumerate()
+    {
+        for role in [None, Some("researcher")] {
+            for (path, headers, body) in [
+                ("/v1/chat?debug=1", vec![("x-team", "a")], r#"{"ok": true}"#),
+                (
+                    "/v1/models",
+                    vec![("x-group", "a"), ("content-type", "application/json")],
+                    r#"{"ok": true}"#,
+                ),
+                (
+                    "/admin?debug=0",
+                    vec![("x-team", "b"), ("content-type", "application/json")],
+                    r#"{"ok": false}"#,
+                ),
+            ] {
+                let id = format!("req-{n}");
+                let mut headers = headers.clone();
+                headers.push(("x-request-id", id.as_str()));
+                requests.push((request_with(host, "POST", path, role, &headers, body), role));
+            }
+        }
+    }
+    for (dir, expect_headers) in [
+        (routes_policy(), false),
+        (policy_dir(&[fixture("plugin/example.rego")]), true),
+        (wide, true),
+    ] {
+        let load = || {
+            PolicyEngine::load_with(Some(dir.path()), PolicyConfig::default(), vec![rule.into()])
+                .unwrap()
+        };
+        let (partial, whole) = (load(), load());
+        for (req, role) in &requests {
+            let subject = subject(*role);
+            let mut built = None;
+            let ours = partial
+                .eval_rule_built(rule, |reads| {
+                    let want = reads.map_or(Want::All, Want::Paths);
+                    let input = build_input_for(req, &subject, true, want)
+                        .map_err(|e| PolicyError::Eval(e.to_string()))?;
+                    built = Some(input.clone());
+                    Ok::<_, PolicyError>(input)
+                })
+                .unwrap();
+            let full = build_input(req, &subject, true).unwrap();
+            assert_eq!(ours, whole.eval_rule(rule, &full).unwrap(), "{}", full);
+            let built = built.unwrap();
+            let headers = &built["attributes"]["request"]["http"]["headers"];
+            assert_eq!(
+                !headers.is_null(),
+                expect_headers,
+                "{}: {built}",
+                dir.path().display()
+            );
+        }
+    }
 }

@@ -270,8 +270,10 @@ impl EnvoyAuthz {
             agent: &workload.agent,
             role: app_role,
         };
-        let input = input::build(req, &subject, self.parse_body)?;
-        let value = vault.eval_rule(&self.decision_rule, &input)?;
+        let value = vault.eval_rule(&self.decision_rule, |reads| {
+            let want = reads.map_or(input::Want::All, input::Want::Paths);
+            input::build_for(req, &subject, self.parse_body, want).map_err(CheckError::from)
+        })?;
         let verdict = result::read(&value)?;
         let mut injected = Vec::with_capacity(verdict.inject.len());
         if !verdict.inject.is_empty() {

@@ -40,11 +40,44 @@ pub struct SubjectInput<'a> {
     pub role: Option<&'a str>,
 }
 
+/// Which parts of the input to build: all, or the subtrees at these paths
+/// (the parts a policy can read, as the policy engine found them). A
+/// request is checked in full either way: what is malformed is refused
+/// whether or not the policy would have read it.
+#[derive(Debug, Clone, Copy)]
+pub enum Want<'a> {
+    All,
+    Paths(&'a [Vec<String>]),
+}
+
+impl Want<'_> {
+    /// Whether the subtree at `at` holds or lies under a wanted path.
+    fn includes(&self, at: &[&str]) -> bool {
+        match self {
+            Self::All => true,
+            Self::Paths(paths) => paths
+                .iter()
+                .any(|path| path.iter().zip(at).all(|(p, a)| p == a)),
+        }
+    }
+}
+
 /// The whole input document for `req`.
 pub fn build(
     req: &CheckRequest,
     subject: &SubjectInput<'_>,
     parse_body: bool,
+) -> Result<Value, InputError> {
+    build_for(req, subject, parse_body, Want::All)
+}
+
+/// The input document for `req`, leaving out the costly subtrees (headers,
+/// metadata, peers, the parsed query and body) that `want` does not include.
+pub fn build_for(
+    req: &CheckRequest,
+    subject: &SubjectInput<'_>,
+    parse_body: bool,
+    want: Want<'_>,
 ) -> Result<Value, InputError> {
     let attributes = req.attributes.as_ref().ok_or(InputError::NoHttpRequest)?;
     let http = attributes
@@ -54,16 +87,20 @@ pub fn build(
         .ok_or(InputError::NoHttpRequest)?;
     let (parsed_path, parsed_query) = parse_path_and_query(&http.path)?;
     let mut input = Map::with_capacity(7);
-    input.insert("attributes".into(), attribute_context(attributes));
+    input.insert("attributes".into(), attribute_context(attributes, want));
     input.insert(
         "version".into(),
         json!({"ext_authz": "v3", "encoding": "protojson"}),
     );
     input.insert("parsed_path".into(), parsed_path);
-    input.insert("parsed_query".into(), parsed_query);
+    if want.includes(&["parsed_query"]) {
+        input.insert("parsed_query".into(), parsed_query);
+    }
     if parse_body {
         let (body, truncated) = parse_body_of(http)?;
-        input.insert("parsed_body".into(), body);
+        if want.includes(&["parsed_body"]) {
+            input.insert("parsed_body".into(), body);
+        }
         input.insert("truncated_body".into(), Value::Bool(truncated));
     }
     if let Some(principal) = attributes.source.as_ref().map(|s| &s.principal) {
@@ -103,22 +140,38 @@ fn put_map<'a>(
     }
 }
 
-fn attribute_context(a: &AttributeContext) -> Value {
+fn attribute_context(a: &AttributeContext, want: Want<'_>) -> Value {
     let mut m = Map::new();
-    if let Some(source) = &a.source {
+    if let Some(source) = a
+        .source
+        .as_ref()
+        .filter(|_| want.includes(&["attributes", "source"]))
+    {
         m.insert("source".into(), peer(source));
     }
-    if let Some(destination) = &a.destination {
+    if let Some(destination) = a
+        .destination
+        .as_ref()
+        .filter(|_| want.includes(&["attributes", "destination"]))
+    {
         m.insert("destination".into(), peer(destination));
     }
     if let Some(request) = &a.request {
-        m.insert("request".into(), request_of(request));
+        m.insert("request".into(), request_of(request, want));
     }
     put_map(&mut m, "contextExtensions", a.context_extensions.iter());
-    if let Some(metadata) = &a.metadata_context {
+    if let Some(metadata) = a
+        .metadata_context
+        .as_ref()
+        .filter(|_| want.includes(&["attributes", "metadataContext"]))
+    {
         m.insert("metadataContext".into(), metadata_of(metadata));
     }
-    if let Some(metadata) = &a.route_metadata_context {
+    if let Some(metadata) = a
+        .route_metadata_context
+        .as_ref()
+        .filter(|_| want.includes(&["attributes", "routeMetadataContext"]))
+    {
         m.insert("routeMetadataContext".into(), metadata_of(metadata));
     }
     if let Some(tls) = &a.tls_session {
@@ -193,7 +246,7 @@ fn address_of(a: &Address) -> Value {
     Value::Object(m)
 }
 
-fn request_of(r: &Request) -> Value {
+fn request_of(r: &Request, want: Want<'_>) -> Value {
     let mut m = Map::new();
     if let Some(time) = &r.time {
         let mut t = Map::new();
@@ -206,17 +259,24 @@ fn request_of(r: &Request) -> Value {
         m.insert("time".into(), Value::Object(t));
     }
     if let Some(http) = &r.http {
-        m.insert("http".into(), http_of(http));
+        m.insert("http".into(), http_of(http, want));
     }
     Value::Object(m)
 }
 
-fn http_of(h: &HttpRequest) -> Value {
+fn http_of(h: &HttpRequest, want: Want<'_>) -> Value {
+    const AT: [&str; 3] = ["attributes", "request", "http"];
     let mut m = Map::new();
     put_str(&mut m, "id", &h.id);
     put_str(&mut m, "method", &h.method);
-    put_map(&mut m, "headers", h.headers.iter());
-    if let Some(header_map) = &h.header_map {
+    if want.includes(&[AT[0], AT[1], AT[2], "headers"]) {
+        put_map(&mut m, "headers", h.headers.iter());
+    }
+    if let Some(header_map) = h
+        .header_map
+        .as_ref()
+        .filter(|_| want.includes(&[AT[0], AT[1], AT[2], "headerMap"]))
+    {
         let headers: Vec<Value> = header_map
             .headers
             .iter()
@@ -245,8 +305,10 @@ fn http_of(h: &HttpRequest) -> Value {
         m.insert("size".into(), Value::from(h.size));
     }
     put_str(&mut m, "protocol", &h.protocol);
-    put_str(&mut m, "body", &h.body);
-    if !h.raw_body.is_empty() {
+    if want.includes(&[AT[0], AT[1], AT[2], "body"]) {
+        put_str(&mut m, "body", &h.body);
+    }
+    if !h.raw_body.is_empty() && want.includes(&[AT[0], AT[1], AT[2], "rawBody"]) {
         m.insert("rawBody".into(), Value::from(B64.encode(&h.raw_body)));
     }
     Value::Object(m)

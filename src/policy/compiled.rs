@@ -91,6 +91,29 @@ impl ProjectionMemo {
     }
 }
 
+impl Entrypoint {
+    /// Memoized by the parts of `input` the rule can read when the policy
+    /// is pure; errors are not remembered.
+    fn eval(&self, input: &serde_json::Value) -> Result<regorus::Value, PolicyError> {
+        let evaluate = || {
+            self.evaluator
+                .eval(&self.rule, regorus::Value::from(input.clone()))
+        };
+        let Some(memo) = &self.memo else {
+            return evaluate();
+        };
+        let Some(key) = projection_key(&memo.paths, input) else {
+            return evaluate();
+        };
+        if let Some(answer) = memo.answers.get(&key) {
+            return Ok(answer);
+        }
+        let answer = evaluate()?;
+        memo.answers.insert(key, answer.clone());
+        Ok(answer)
+    }
+}
+
 fn timer_config() -> regorus::utils::limits::ExecutionTimerConfig {
     regorus::utils::limits::ExecutionTimerConfig {
         limit: EVAL_TIME_LIMIT,
@@ -242,28 +265,28 @@ impl Compiled {
         rule: &str,
         input: &serde_json::Value,
     ) -> Result<regorus::Value, PolicyError> {
-        let entry = self
-            .others
+        self.entrypoint(rule)?.eval(input)
+    }
+
+    /// [`Self::eval_rule`] on the input `build` makes, told the paths this
+    /// rule can read (`None`: all of it) so that it may leave out the rest.
+    /// Both come from this one compiled policy, so a reload in between
+    /// cannot pair one policy's paths with another's rules.
+    pub(super) fn eval_rule_built<E: From<PolicyError>>(
+        &self,
+        rule: &str,
+        build: impl FnOnce(Option<&[Vec<String>]>) -> Result<serde_json::Value, E>,
+    ) -> Result<regorus::Value, E> {
+        let entry = self.entrypoint(rule)?;
+        let input = build(entry.memo.as_ref().map(|m| m.paths.as_slice()))?;
+        Ok(entry.eval(&input)?)
+    }
+
+    fn entrypoint(&self, rule: &str) -> Result<&Entrypoint, PolicyError> {
+        self.others
             .iter()
             .find(|e| e.rule == rule)
-            .ok_or_else(|| PolicyError::Eval(format!("{rule} was not compiled")))?;
-        let evaluate = || {
-            entry
-                .evaluator
-                .eval(rule, regorus::Value::from(input.clone()))
-        };
-        let Some(memo) = &entry.memo else {
-            return evaluate();
-        };
-        let Some(key) = projection_key(&memo.paths, input) else {
-            return evaluate();
-        };
-        if let Some(answer) = memo.answers.get(&key) {
-            return Ok(answer);
-        }
-        let answer = evaluate()?;
-        memo.answers.insert(key, answer.clone());
-        Ok(answer)
+            .ok_or_else(|| PolicyError::Eval(format!("{rule} was not compiled")))
     }
 
     #[cfg(test)]

@@ -247,6 +247,19 @@ impl PolicyEngine {
         self.compiled().eval_rule(rule, input)
     }
 
+    /// [`Self::eval_rule`] on the input `build` makes, given the paths of
+    /// `input` the rule can read (`None`: all), so that a front end need not
+    /// build what the policy never looks at. A policy that reads only those
+    /// paths decides the built input as it would the whole one; the paths
+    /// and the evaluation come from the same loaded policy.
+    pub fn eval_rule_built<E: From<PolicyError>>(
+        &self,
+        rule: &str,
+        build: impl FnOnce(Option<&[Vec<String>]>) -> Result<serde_json::Value, E>,
+    ) -> Result<regorus::Value, E> {
+        self.compiled().eval_rule_built(rule, build)
+    }
+
     /// Recompiles from the directory and swaps the new policy in. On error the
     /// last good policy stays in force; the error is logged and returned.
     pub fn reload(&self) -> Result<(), PolicyError> {

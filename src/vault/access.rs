@@ -278,15 +278,17 @@ impl Vault {
     }
 
     /// Evaluates a front end's own rule, such as Envoy's decision rule, on the
-    /// same policy set as every other decision. The rule must have been
-    /// compiled in ([`crate::policy::PolicyEngine::load_with`]).
-    pub fn eval_rule(
+    /// same policy set as every other decision, on the input `build` makes
+    /// from the paths the rule can read (see
+    /// [`crate::policy::PolicyEngine::eval_rule_built`]). The rule must have
+    /// been compiled in ([`crate::policy::PolicyEngine::load_with`]).
+    pub fn eval_rule<E: From<crate::policy::PolicyError>>(
         &self,
         rule: &str,
-        input: &serde_json::Value,
-    ) -> Result<regorus::Value, crate::policy::PolicyError> {
+        build: impl FnOnce(Option<&[Vec<String>]>) -> Result<serde_json::Value, E>,
+    ) -> Result<regorus::Value, E> {
         let started = std::time::Instant::now();
-        let result = self.policy.eval_rule(rule, input);
+        let result = self.policy.eval_rule_built(rule, build);
         self.audit.telemetry().policy_evaluated(started.elapsed());
         result
     }
