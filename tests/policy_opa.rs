@@ -92,18 +92,7 @@ fn inputs() -> Vec<PolicyInput> {
         Some("approver"),
         Some("auditor"),
     ];
-    let actions = [
-        Action::Read,
-        Action::Write,
-        Action::Delete,
-        Action::List,
-        Action::Rotate,
-        Action::Grant,
-        Action::Token,
-        Action::Approve,
-        Action::Import,
-        Action::Audit,
-    ];
+    let actions = Action::ALL;
     let resources = [
         secret("prod/openai", ME, None),
         secret("prod/openai/key", ME, Some("researcher")),
@@ -419,18 +408,7 @@ mod generated {
         "new/key",
         "staging/*",
     ];
-    const ACTIONS: [Action; 10] = [
-        Action::Read,
-        Action::Write,
-        Action::Delete,
-        Action::List,
-        Action::Rotate,
-        Action::Grant,
-        Action::Token,
-        Action::Approve,
-        Action::Import,
-        Action::Audit,
-    ];
+    const ACTIONS: [Action; 10] = Action::ALL;
     const TIERS: [Tier; 3] = [Tier::Standard, Tier::Sensitive, Tier::Critical];
     const TYPES: [SecretType; 3] = [
         SecretType::ApiKey,

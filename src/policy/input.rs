@@ -29,6 +29,20 @@ pub enum Action {
 }
 
 impl Action {
+    /// Every action, in declaration order.
+    pub const ALL: [Action; 10] = [
+        Self::Read,
+        Self::Write,
+        Self::Delete,
+        Self::List,
+        Self::Rotate,
+        Self::Grant,
+        Self::Token,
+        Self::Approve,
+        Self::Import,
+        Self::Audit,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Read => "read",

@@ -779,18 +779,7 @@ mod tests {
     /// Every combination of caller, action, resource and grants or token.
     fn combinations() -> Vec<PolicyInput> {
         let roles = [None, Some("researcher"), Some("approver"), Some("auditor")];
-        let actions = [
-            Action::Read,
-            Action::Write,
-            Action::Delete,
-            Action::List,
-            Action::Rotate,
-            Action::Grant,
-            Action::Token,
-            Action::Approve,
-            Action::Import,
-            Action::Audit,
-        ];
+        let actions = Action::ALL;
         let resources = [
             secret("prod/openai", ME, None),
             secret("prod/openai/key", ME, Some("researcher")),
