@@ -102,15 +102,10 @@ impl Entrypoint {
         let Some(memo) = &self.memo else {
             return evaluate();
         };
-        let Some(key) = projection_key(&memo.paths, input) else {
-            return evaluate();
-        };
-        if let Some(answer) = memo.answers.get(&key) {
-            return Ok(answer);
+        match projection_key(&memo.paths, input) {
+            Some(key) => memo.answers.get_or_try_insert(key, evaluate),
+            None => evaluate(),
         }
-        let answer = evaluate()?;
-        memo.answers.insert(key, answer.clone());
-        Ok(answer)
     }
 }
 
@@ -233,13 +228,9 @@ impl Compiled {
         let Some(cache) = &self.decisions else {
             return to_decision(&self.eval(input_value(input))?);
         };
-        let key = cache_key(input);
-        if let Some(decision) = cache.get(&key) {
-            return Ok(decision);
-        }
-        let decision = to_decision(&self.eval(input_value(input))?)?;
-        cache.insert(key, decision.clone());
-        Ok(decision)
+        cache.get_or_try_insert(cache_key(input), || {
+            to_decision(&self.eval(input_value(input))?)
+        })
     }
 
     #[cfg(test)]

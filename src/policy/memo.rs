@@ -39,6 +39,21 @@ impl<T: Clone> DecisionCache<T> {
             .cloned()
     }
 
+    /// The answer kept for `key`, else `answer()`, kept when it succeeds
+    /// (errors are not remembered).
+    pub(super) fn get_or_try_insert<E>(
+        &self,
+        key: Vec<u8>,
+        answer: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        if let Some(kept) = self.get(&key) {
+            return Ok(kept);
+        }
+        let answer = answer()?;
+        self.insert(key, answer.clone());
+        Ok(answer)
+    }
+
     pub(super) fn insert(&self, key: Vec<u8>, decision: T) {
         let mut decisions = self
             .decisions
