@@ -11,8 +11,8 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use agentvault::envoy::{build_input, build_input_for, SubjectInput, Want};
-use agentvault::policy::{PolicyConfig, PolicyEngine, PolicyError};
+use agentvault::envoy::{build_input, CheckInput, InputError, SubjectInput};
+use agentvault::policy::{PolicyConfig, PolicyEngine, RuleInput};
 use envoy_types::pb::envoy::config::core::v3::{
     address, header_value_option::HeaderAppendAction, socket_address, Address, HeaderValueOption,
     SocketAddress,
@@ -1049,38 +1049,111 @@ fn inputs_built_for_what_the_policy_reads_decide_as_the_whole_input() {
             }
         }
     }
-    for (dir, expect_headers) in [
-        (routes_policy(), false),
-        (policy_dir(&[fixture("plugin/example.rego")]), true),
-        (wide, true),
-    ] {
-        let load = || {
-            PolicyEngine::load_with(Some(dir.path()), PolicyConfig::default(), vec![rule.into()])
+    // Per policy: whether the built input holds the headers, and whether
+    // its reads can be keyed from the request (the wide one reads a peer's
+    // address, which is keyed by the built input instead).
+    let dirs = [
+        (routes_policy(), false, true),
+        (policy_dir(&[fixture("plugin/example.rego")]), true, true),
+        (wide, true, false),
+    ];
+    for parse_body in [true, false] {
+        for (dir, expect_headers, keyed) in &dirs {
+            let load = || {
+                PolicyEngine::load_with(
+                    Some(dir.path()),
+                    PolicyConfig::default(),
+                    vec![rule.into()],
+                )
                 .unwrap()
-        };
-        let (partial, whole) = (load(), load());
-        for (req, role) in &requests {
-            let subject = subject(*role);
-            let mut built = None;
-            let ours = partial
-                .eval_rule_built(rule, |reads| {
-                    let want = reads.map_or(Want::All, Want::Paths);
-                    let input = build_input_for(req, &subject, true, want)
-                        .map_err(|e| PolicyError::Eval(e.to_string()))?;
-                    built = Some(input.clone());
-                    Ok::<_, PolicyError>(input)
-                })
-                .unwrap();
-            let full = build_input(req, &subject, true).unwrap();
-            assert_eq!(ours, whole.eval_rule(rule, &full).unwrap(), "{}", full);
-            let built = built.unwrap();
-            let headers = &built["attributes"]["request"]["http"]["headers"];
-            assert_eq!(
-                !headers.is_null(),
-                expect_headers,
-                "{}: {built}",
-                dir.path().display()
-            );
+            };
+            let (partial, whole) = (load(), load());
+            let mut builds = 0;
+            for (req, role) in &requests {
+                let input = Recording::new(CheckInput {
+                    request: req,
+                    subject: subject(*role),
+                    parse_body,
+                });
+                let full = build_input(req, &input.inner.subject, parse_body).unwrap();
+                let expected = whole.eval_rule(rule, &full).unwrap();
+                let ours = partial
+                    .eval_rule_from::<_, Box<dyn std::error::Error>>(rule, &input)
+                    .unwrap();
+                assert_eq!(ours, expected, "{full}");
+                // Built unless an earlier request had the same key.
+                if let Some(built) = input.built.take() {
+                    builds += 1;
+                    let headers = &built["attributes"]["request"]["http"]["headers"];
+                    assert_eq!(
+                        !headers.is_null(),
+                        *expect_headers,
+                        "{}: {built}",
+                        dir.path().display()
+                    );
+                }
+                // The same request again is answered by its key when it has one.
+                let again = partial
+                    .eval_rule_from::<_, Box<dyn std::error::Error>>(rule, &input)
+                    .unwrap();
+                assert_eq!(again, expected, "{full}");
+                assert_eq!(
+                    input.built.take().is_none(),
+                    *keyed && !parse_body,
+                    "{}: {full}",
+                    dir.path().display()
+                );
+                // And with a new request id, as Envoy sends each request.
+                let mut renamed = req.clone();
+                if let Some(http) = renamed
+                    .attributes
+                    .as_mut()
+                    .and_then(|a| a.request.as_mut())
+                    .and_then(|r| r.http.as_mut())
+                {
+                    http.headers.insert("x-request-id".into(), "another".into());
+                }
+                let input = CheckInput {
+                    request: &renamed,
+                    subject: subject(*role),
+                    parse_body,
+                };
+                let full = build_input(&renamed, &input.subject, parse_body).unwrap();
+                let ours = partial
+                    .eval_rule_from::<_, Box<dyn std::error::Error>>(rule, &input)
+                    .unwrap();
+                assert_eq!(ours, whole.eval_rule(rule, &full).unwrap(), "{full}");
+            }
+            assert!(builds > 1, "{}", dir.path().display());
         }
+    }
+}
+
+/// A [`CheckInput`] that remembers the last input it built.
+struct Recording<'a> {
+    inner: CheckInput<'a>,
+    built: std::cell::RefCell<Option<Value>>,
+}
+
+impl<'a> Recording<'a> {
+    fn new(inner: CheckInput<'a>) -> Self {
+        Self {
+            inner,
+            built: std::cell::RefCell::new(None),
+        }
+    }
+}
+
+impl RuleInput for Recording<'_> {
+    type Error = InputError;
+
+    fn key(&self, paths: &[Vec<String>]) -> Option<Vec<u8>> {
+        self.inner.key(paths)
+    }
+
+    fn build(&self, paths: Option<&[Vec<String>]>) -> Result<Value, InputError> {
+        let input = self.inner.build(paths)?;
+        *self.built.borrow_mut() = Some(input.clone());
+        Ok(input)
     }
 }

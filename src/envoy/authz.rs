@@ -22,7 +22,7 @@ use envoy_types::pb::google::rpc::{Code, Status as RpcStatus};
 use serde_json::json;
 use tonic::{Request, Response, Status};
 
-use super::input::{self, InputError, SubjectInput};
+use super::input::{CheckInput, InputError, SubjectInput};
 use super::result::{self, Injection, ResultError, Verdict};
 use super::{EnvoySettings, OnError, ENVOY_ROLE, ROLE_EXTENSION};
 use crate::audit::{AuditEvent, EventKind};
@@ -270,10 +270,12 @@ impl EnvoyAuthz {
             agent: &workload.agent,
             role: app_role,
         };
-        let value = vault.eval_rule(&self.decision_rule, |reads| {
-            let want = reads.map_or(input::Want::All, input::Want::Paths);
-            input::build_for(req, &subject, self.parse_body, want).map_err(CheckError::from)
-        })?;
+        let input = CheckInput {
+            request: req,
+            subject,
+            parse_body: self.parse_body,
+        };
+        let value = vault.eval_rule::<_, CheckError>(&self.decision_rule, &input)?;
         let verdict = result::read(&value)?;
         let mut injected = Vec::with_capacity(verdict.inject.len());
         if !verdict.inject.is_empty() {

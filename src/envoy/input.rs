@@ -7,6 +7,8 @@
 //! `parsed_query`, `version` and, when body parsing is on, `parsed_body` and
 //! `truncated_body`. agentvault adds `input.agentvault.subject`.
 
+use std::collections::HashMap;
+
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use envoy_types::pb::envoy::config::core::v3::{
@@ -16,6 +18,8 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, 
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value as PbValue};
 use serde_json::{json, Map, Value};
+
+use crate::policy::RuleInput;
 
 /// Why a CheckRequest cannot become a policy input. The request is denied
 /// with 400, as the OPA-Envoy plugin does.
@@ -118,6 +122,134 @@ pub fn build_for(
         }}),
     );
     Ok(Value::Object(input))
+}
+
+/// One Check as the input of the Envoy rule: built in the parts the policy
+/// reads, and keyed by the request fields those parts come from.
+#[derive(Debug, Clone)]
+pub struct CheckInput<'a> {
+    pub request: &'a CheckRequest,
+    pub subject: SubjectInput<'a>,
+    pub parse_body: bool,
+}
+
+impl RuleInput for CheckInput<'_> {
+    type Error = InputError;
+
+    /// The request's raw `path` always (it decides whether the input can be
+    /// built, and `parsed_path` and `parsed_query`), then per read path the
+    /// field it is built from. `None` when body parsing is on (the body and
+    /// its headers decide whether it parses) and for paths this does not
+    /// map (peers, metadata, TLS, the http object whole), which are then
+    /// keyed by the built input instead. A path outside what is built at
+    /// all adds nothing: it is absent from every input.
+    fn key(&self, paths: &[Vec<String>]) -> Option<Vec<u8>> {
+        if self.parse_body {
+            return None;
+        }
+        let attributes = self.request.attributes.as_ref()?;
+        let http = attributes.request.as_ref()?.http.as_ref()?;
+        let mut key = Vec::with_capacity(128);
+        push(&mut key, Some(http.path.as_bytes()));
+        for path in paths {
+            let at = |i: usize| path.get(i).map(String::as_str);
+            match (at(0), at(1), at(2), at(3)) {
+                (
+                    Some(
+                        "version" | "parsed_path" | "parsed_query" | "parsed_body"
+                        | "truncated_body",
+                    ),
+                    ..,
+                ) => {}
+                (Some("agentvault"), Some("subject"), Some(field), _) => {
+                    let s = &self.subject;
+                    let value = match field {
+                        "spiffe_id" => Some(s.spiffe_id),
+                        "tenant" => Some(s.tenant),
+                        "agent" => Some(s.agent),
+                        "role" => s.role,
+                        _ => None,
+                    };
+                    push(&mut key, value.map(str::as_bytes));
+                }
+                (Some("agentvault"), ..) => {
+                    let s = &self.subject;
+                    for field in [s.spiffe_id, s.tenant, s.agent] {
+                        push(&mut key, Some(field.as_bytes()));
+                    }
+                    push(&mut key, s.role.map(str::as_bytes));
+                }
+                (Some("source_principal"), ..) => {
+                    let principal = attributes.source.as_ref().map(|s| s.principal.as_bytes());
+                    push(&mut key, principal);
+                }
+                (Some("attributes"), Some("contextExtensions"), name, _) => {
+                    push_map(&mut key, &attributes.context_extensions, name);
+                }
+                (Some("attributes"), Some("request"), Some("http"), Some("headers")) => {
+                    push_map(&mut key, &http.headers, at(4));
+                }
+                (Some("attributes"), Some("request"), Some("http"), Some(field)) => {
+                    let value = match field {
+                        "id" => http.id.as_bytes(),
+                        "method" => http.method.as_bytes(),
+                        "path" => http.path.as_bytes(),
+                        "host" => http.host.as_bytes(),
+                        "scheme" => http.scheme.as_bytes(),
+                        "query" => http.query.as_bytes(),
+                        "fragment" => http.fragment.as_bytes(),
+                        "protocol" => http.protocol.as_bytes(),
+                        "body" => http.body.as_bytes(),
+                        "rawBody" => &http.raw_body,
+                        "size" => {
+                            push(&mut key, Some(&http.size.to_le_bytes()));
+                            continue;
+                        }
+                        _ => return None,
+                    };
+                    push(&mut key, Some(value));
+                }
+                (Some("attributes") | None, ..) => return None,
+                // Not built at all (another rule's input, such as the
+                // decision policy's `input.action`): absent in every input.
+                _ => {}
+            }
+        }
+        Some(key)
+    }
+
+    fn build(&self, paths: Option<&[Vec<String>]>) -> Result<Value, InputError> {
+        let want = paths.map_or(Want::All, Want::Paths);
+        build_for(self.request, &self.subject, self.parse_body, want)
+    }
+}
+
+/// Appends `value` to a key so that no two sequences of values write the
+/// same bytes: absent, or present with its length.
+fn push(key: &mut Vec<u8>, value: Option<&[u8]>) {
+    match value {
+        None => key.push(0),
+        Some(bytes) => {
+            key.push(1);
+            key.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            key.extend_from_slice(bytes);
+        }
+    }
+}
+
+/// One entry of a string map, or (no name) all of it in key order.
+fn push_map(key: &mut Vec<u8>, map: &HashMap<String, String>, name: Option<&str>) {
+    if let Some(name) = name {
+        push(key, map.get(name).map(String::as_bytes));
+        return;
+    }
+    let mut entries: Vec<_> = map.iter().collect();
+    entries.sort_unstable();
+    push(key, Some(&(entries.len() as u64).to_le_bytes()));
+    for (name, value) in entries {
+        push(key, Some(name.as_bytes()));
+        push(key, Some(value.as_bytes()));
+    }
 }
 
 /// Inserts `value` under `key` unless it is the proto3 default (not sent).
@@ -620,5 +752,67 @@ mod tests {
             build(&no_http, &subject(), false),
             Err(InputError::NoHttpRequest)
         );
+    }
+
+    fn key(req: &CheckRequest, parse_body: bool, paths: &[&str]) -> Option<Vec<u8>> {
+        let paths: Vec<Vec<String>> = paths
+            .iter()
+            .map(|p| p.split('.').map(str::to_owned).collect())
+            .collect();
+        let input = CheckInput {
+            request: req,
+            subject: subject(),
+            parse_body,
+        };
+        input.key(&paths)
+    }
+
+    #[test]
+    fn a_request_key_holds_the_fields_the_policy_reads_and_the_path() {
+        let reads = [
+            "attributes.request.http.headers.x-team",
+            "agentvault.subject.role",
+        ];
+        let base = check("/v1/a", &[("x-team", "a"), ("x-request-id", "1")], "");
+        let key_of =
+            |path: &str, headers: &[(&str, &str)]| key(&check(path, headers, ""), false, &reads);
+        let base_key = key(&base, false, &reads).expect("keyed");
+        assert_eq!(
+            key_of("/v1/a", &[("x-team", "a"), ("x-request-id", "2")]),
+            Some(base_key.clone())
+        );
+        for other in [
+            key_of("/v1/a", &[("x-team", "b"), ("x-request-id", "1")]),
+            key_of("/v1/a", &[("x-request-id", "1")]),
+            key_of("/v1/a", &[("x-team", ""), ("x-request-id", "1")]),
+            key_of("/v1/b", &[("x-team", "a"), ("x-request-id", "1")]),
+        ] {
+            assert_ne!(other, Some(base_key.clone()));
+        }
+        let all_headers = ["attributes.request.http.headers"];
+        assert_ne!(
+            key(&base, false, &all_headers),
+            key(
+                &check("/v1/a", &[("x-team", "a"), ("x-request-id", "2")], ""),
+                false,
+                &all_headers
+            )
+        );
+    }
+
+    #[test]
+    fn a_request_is_not_keyed_when_its_body_is_parsed_or_a_read_is_not_mapped() {
+        let req = check("/", &[("content-type", "application/json")], "{}");
+        assert!(key(&req, true, &["attributes.request.http.method"]).is_none());
+        for unmapped in [
+            "attributes.source.address",
+            "attributes.request.http",
+            "attributes.request.http.headerMap",
+            "attributes.metadataContext",
+            "attributes",
+        ] {
+            assert!(key(&req, false, &[unmapped]).is_none(), "{unmapped}");
+        }
+        assert!(key(&req, false, &["parsed_query.a", "version", "action"]).is_some());
     }
 }

@@ -20,8 +20,8 @@ mod server;
 
 pub use self::authz::EnvoyAuthz;
 pub use self::input::{
-    build as build_input, build_for as build_input_for, struct_to_json, InputError, SubjectInput,
-    Want,
+    build as build_input, build_for as build_input_for, struct_to_json, CheckInput, InputError,
+    SubjectInput, Want,
 };
 pub use self::sds::{EnvoySds, BUNDLE_RESOURCE, SECRET_PREFIX, SECRET_TYPE_URL, SVID_RESOURCE};
 pub use self::server::{serve, EnvoyServer, PeerGuard, ENVOY_ROLE};

@@ -10,6 +10,7 @@ use super::decision::{to_decision, Decision};
 use super::input::{cache_key, input_value, PolicyInput};
 use super::memo::DecisionCache;
 use super::reads::{input_reads, projection_key, InputReads};
+use super::rule_input::RuleInput;
 use super::source::PolicySource;
 use super::{PolicyConfig, PolicyError, DECISION_RULE};
 
@@ -67,7 +68,11 @@ struct Entrypoint {
 struct ProjectionMemo {
     /// The input paths the rule can read.
     paths: Vec<Vec<String>>,
+    /// Answers by the values at those paths.
     answers: DecisionCache<regorus::Value>,
+    /// The same answers by the front end's own request key
+    /// ([`RuleInput::key`]), which spares building the input.
+    by_request: DecisionCache<regorus::Value>,
 }
 
 impl ProjectionMemo {
@@ -87,11 +92,33 @@ impl ProjectionMemo {
         Some(Self {
             paths,
             answers: DecisionCache::default(),
+            by_request: DecisionCache::default(),
         })
     }
 }
 
 impl Entrypoint {
+    /// Answered by the request's key when it was answered before, else
+    /// evaluated (or memoized) on the input built for the paths the rule
+    /// reads. Only answers to inputs that could be built are kept.
+    fn eval_from<I: RuleInput, E: From<PolicyError> + From<I::Error>>(
+        &self,
+        input: &I,
+    ) -> Result<regorus::Value, E> {
+        let Some(memo) = &self.memo else {
+            return Ok(self.eval(&input.build(None)?)?);
+        };
+        let key = input.key(&memo.paths);
+        if let Some(answer) = key.as_deref().and_then(|k| memo.by_request.get(k)) {
+            return Ok(answer);
+        }
+        let answer = self.eval(&input.build(Some(&memo.paths))?)?;
+        if let Some(key) = key {
+            memo.by_request.insert(key, answer.clone());
+        }
+        Ok(answer)
+    }
+
     /// Memoized by the parts of `input` the rule can read when the policy
     /// is pure; errors are not remembered.
     fn eval(&self, input: &serde_json::Value) -> Result<regorus::Value, PolicyError> {
@@ -259,18 +286,14 @@ impl Compiled {
         self.entrypoint(rule)?.eval(input)
     }
 
-    /// [`Self::eval_rule`] on the input `build` makes, told the paths this
-    /// rule can read (`None`: all of it) so that it may leave out the rest.
-    /// Both come from this one compiled policy, so a reload in between
-    /// cannot pair one policy's paths with another's rules.
-    pub(super) fn eval_rule_built<E: From<PolicyError>>(
+    /// [`Self::eval_rule`] on a front end's request (see
+    /// [`super::PolicyEngine::eval_rule_from`]).
+    pub(super) fn eval_rule_from<I: RuleInput, E: From<PolicyError> + From<I::Error>>(
         &self,
         rule: &str,
-        build: impl FnOnce(Option<&[Vec<String>]>) -> Result<serde_json::Value, E>,
+        input: &I,
     ) -> Result<regorus::Value, E> {
-        let entry = self.entrypoint(rule)?;
-        let input = build(entry.memo.as_ref().map(|m| m.paths.as_slice()))?;
-        Ok(entry.eval(&input)?)
+        self.entrypoint(rule)?.eval_from(input)
     }
 
     fn entrypoint(&self, rule: &str) -> Result<&Entrypoint, PolicyError> {

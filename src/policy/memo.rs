@@ -9,6 +9,8 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
+use foldhash::fast::RandomState;
+
 use super::decision::Decision;
 
 /// Decisions kept, at most. Keys are a few hundred bytes, so this bounds the
@@ -17,15 +19,18 @@ use super::decision::Decision;
 const CAPACITY: usize = 4096;
 
 /// Answers by input key: [`Decision`]s of the decision rule, or the values
-/// of another rule.
+/// of another rule. Hashed with foldhash, randomly seeded per cache: a
+/// lookup is a few hundred bytes of key on every request, where SipHash
+/// cost as much as the rest of a memoized decision; the capacity bounds
+/// what colliding keys could cost.
 pub(super) struct DecisionCache<T = Decision> {
-    decisions: Mutex<HashMap<Box<[u8]>, T>>,
+    decisions: Mutex<HashMap<Box<[u8]>, T, RandomState>>,
 }
 
 impl<T> Default for DecisionCache<T> {
     fn default() -> Self {
         Self {
-            decisions: Mutex::new(HashMap::new()),
+            decisions: Mutex::new(HashMap::with_hasher(RandomState::default())),
         }
     }
 }

@@ -14,6 +14,7 @@ mod decision;
 mod input;
 mod memo;
 mod reads;
+mod rule_input;
 mod source;
 mod tooling;
 
@@ -22,6 +23,7 @@ pub use self::decision::Decision;
 pub use self::input::{
     Action, EventInput, GrantInput, PolicyInput, Resource, Subject, TokenClaims, TokenScope,
 };
+pub use self::rule_input::RuleInput;
 pub use self::tooling::{PolicySet, TestOutcome, TestResult};
 
 use std::fmt;
@@ -247,17 +249,17 @@ impl PolicyEngine {
         self.compiled().eval_rule(rule, input)
     }
 
-    /// [`Self::eval_rule`] on the input `build` makes, given the paths of
-    /// `input` the rule can read (`None`: all), so that a front end need not
-    /// build what the policy never looks at. A policy that reads only those
-    /// paths decides the built input as it would the whole one; the paths
-    /// and the evaluation come from the same loaded policy.
-    pub fn eval_rule_built<E: From<PolicyError>>(
+    /// [`Self::eval_rule`] on a front end's own request: built only in the
+    /// parts of `input` the rule can read, so that a front end need not
+    /// build what the policy never looks at, and not at all when the
+    /// request's key was answered before. A policy that reads only those
+    /// paths decides the built input as it would the whole one.
+    pub fn eval_rule_from<I: RuleInput, E: From<PolicyError> + From<I::Error>>(
         &self,
         rule: &str,
-        build: impl FnOnce(Option<&[Vec<String>]>) -> Result<serde_json::Value, E>,
+        input: &I,
     ) -> Result<regorus::Value, E> {
-        self.compiled().eval_rule_built(rule, build)
+        self.compiled().eval_rule_from(rule, input)
     }
 
     /// Recompiles from the directory and swaps the new policy in. On error the

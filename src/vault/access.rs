@@ -278,17 +278,16 @@ impl Vault {
     }
 
     /// Evaluates a front end's own rule, such as Envoy's decision rule, on the
-    /// same policy set as every other decision, on the input `build` makes
-    /// from the paths the rule can read (see
-    /// [`crate::policy::PolicyEngine::eval_rule_built`]). The rule must have
-    /// been compiled in ([`crate::policy::PolicyEngine::load_with`]).
-    pub fn eval_rule<E: From<crate::policy::PolicyError>>(
-        &self,
-        rule: &str,
-        build: impl FnOnce(Option<&[Vec<String>]>) -> Result<serde_json::Value, E>,
-    ) -> Result<regorus::Value, E> {
+    /// same policy set as every other decision, on the front end's request
+    /// (see [`crate::policy::PolicyEngine::eval_rule_from`]). The rule must
+    /// have been compiled in ([`crate::policy::PolicyEngine::load_with`]).
+    pub fn eval_rule<I, E>(&self, rule: &str, input: &I) -> Result<regorus::Value, E>
+    where
+        I: crate::policy::RuleInput,
+        E: From<crate::policy::PolicyError> + From<I::Error>,
+    {
         let started = std::time::Instant::now();
-        let result = self.policy.eval_rule_built(rule, build);
+        let result = self.policy.eval_rule_from(rule, input);
         self.audit.telemetry().policy_evaluated(started.elapsed());
         result
     }
