@@ -153,14 +153,17 @@ impl RuleInput for CheckInput<'_> {
         push(&mut key, Some(http.path.as_bytes()));
         for path in paths {
             let at = |i: usize| path.get(i).map(String::as_str);
+            if !matches!(
+                at(0),
+                Some("agentvault" | "source_principal" | "attributes") | None
+            ) {
+                // `version`, the parsed path, query and body (the raw path
+                // is in the key; the body is never keyed), or not built at
+                // all (another rule's input, such as the decision policy's
+                // `input.action`): absent in every input.
+                continue;
+            }
             match (at(0), at(1), at(2), at(3)) {
-                (
-                    Some(
-                        "version" | "parsed_path" | "parsed_query" | "parsed_body"
-                        | "truncated_body",
-                    ),
-                    ..,
-                ) => {}
                 (Some("agentvault"), Some("subject"), Some(field), _) => {
                     let s = &self.subject;
                     let value = match field {
@@ -193,7 +196,8 @@ impl RuleInput for CheckInput<'_> {
                     let value = match field {
                         "id" => http.id.as_bytes(),
                         "method" => http.method.as_bytes(),
-                        "path" => http.path.as_bytes(),
+                        // The raw path leads every key.
+                        "path" => continue,
                         "host" => http.host.as_bytes(),
                         "scheme" => http.scheme.as_bytes(),
                         "query" => http.query.as_bytes(),
@@ -209,10 +213,7 @@ impl RuleInput for CheckInput<'_> {
                     };
                     push(&mut key, Some(value));
                 }
-                (Some("attributes") | None, ..) => return None,
-                // Not built at all (another rule's input, such as the
-                // decision policy's `input.action`): absent in every input.
-                _ => {}
+                _ => return None,
             }
         }
         Some(key)
@@ -231,7 +232,7 @@ fn push(key: &mut Vec<u8>, value: Option<&[u8]>) {
         None => key.push(0),
         Some(bytes) => {
             key.push(1);
-            key.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            key.extend_from_slice(&bytes.len().to_le_bytes());
             key.extend_from_slice(bytes);
         }
     }
