@@ -7,7 +7,7 @@ mod support;
 use hyper::Method;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use support::{assert_error, assert_hidden, get, send, Shared};
+use support::{assert_error, assert_hidden, get, get_when, send, Shared};
 
 /// `sec_` and the first 32 hex digits of SHA-256(tenant "\n" path), worked
 /// out here independently of the sidecar.
@@ -136,10 +136,9 @@ async fn grants_name_secrets_by_id_and_go_with_them() {
     assert!(grant_id.starts_with("grt_"), "{grant}");
     assert_eq!(grant["secret_id"], secret_id.as_str());
     assert_eq!(grant["agent_id"], "spiffe://dev.local/agent/acme/worker");
-    assert_eq!(
-        get(&worker, "/v1/secrets/tools/search-key").await.json()["value"],
-        "sk-granted"
-    );
+    // The worker's sidecar hears of the grant asynchronously.
+    let granted = get_when(&worker, "/v1/secrets/tools/search-key", |r| r.status == 200).await;
+    assert_eq!(granted.json()["value"], "sk-granted");
     let listed = get(&owner, "/v1/vault/grants").await.json();
     assert_eq!(listed["items"][0]["id"], grant_id.as_str());
     assert_eq!(listed["items"][0]["secret_id"], secret_id.as_str());
@@ -154,7 +153,7 @@ async fn grants_name_secrets_by_id_and_go_with_them() {
     .await;
     assert_eq!(revoked.status, 204);
     assert_hidden(
-        &get(&worker, "/v1/secrets/tools/search-key").await,
+        &get_when(&worker, "/v1/secrets/tools/search-key", |r| r.status != 200).await,
         "tools/search-key",
     );
     let regrant = send(
@@ -179,10 +178,11 @@ async fn grants_name_secrets_by_id_and_go_with_them() {
         json!([]),
         "the secret's grants went with it"
     );
-    assert_eq!(
-        get(&worker, "/v1/vault/grants").await.json()["items"],
-        json!([])
-    );
+    let listed = get_when(&worker, "/v1/vault/grants", |r| {
+        r.json()["items"] == json!([])
+    })
+    .await;
+    assert_eq!(listed.json()["items"], json!([]));
 
     // The worker cannot name (or delete) a secret it cannot list.
     let theirs = send(

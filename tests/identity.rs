@@ -365,7 +365,9 @@ async fn svid_rotations_under_traffic_drop_no_request() {
         &config,
         format!(
             "socket = \"{dir}/av.sock\"\nkeyring = \"{dir}/keyring.json\"\nredis_url = \"{url}\"\n\
-             metrics_addr = \"127.0.0.1:{port}\"\n",
+             metrics_addr = \"127.0.0.1:{port}\"\n\
+             # as fast as the machine goes: rotations, not the rate limit, are tested\n\
+             [limits]\nrate_per_second = 0\n",
             dir = dir.path().display(),
             url = redis.url()
         ),

@@ -259,6 +259,7 @@ fn version_write(path: &str, n: u64, who: &str) -> VersionWrite {
     initial.tags = BTreeMap::from([("by".into(), who.into())]);
     VersionWrite {
         version: version(n),
+        reserved: true,
         guard: Guard::of(&initial),
         initial,
         patch: RecordPatch {
@@ -312,6 +313,46 @@ async fn fifty_reserved_writers_all_succeed_with_distinct_versions(store: Arc<dy
     assert_eq!(rec.owner, record("hot", 1, 1).owner);
     // The numbering continues above every reservation.
     assert_eq!(store.reserve_version(T, "hot").await.unwrap(), 51);
+}
+
+/// A write whose number was not reserved takes the next free number, and
+/// only that: never one reserved by another writer, nor one further on.
+async fn an_unreserved_write_takes_only_the_next_free_number(store: Arc<dyn Store>) {
+    let unreserved = |n: u64, who: &str| VersionWrite {
+        reserved: false,
+        ..version_write("claim", n, who)
+    };
+    for n in [1, 2] {
+        let outcome = store.write_version(T, &unreserved(n, "a")).await.unwrap();
+        assert_eq!(outcome, WriteOutcome::Applied);
+    }
+    let taken = store.reserve_version(T, "claim").await.unwrap();
+    assert_eq!(taken, 3);
+    for (n, why) in [
+        (3, "reserved by another"),
+        (5, "not the next"),
+        (2, "written"),
+    ] {
+        let refused = store.write_version(T, &unreserved(n, "b")).await;
+        assert!(matches!(refused, Err(StoreError::Conflict)), "{n}: {why}");
+    }
+    let (rec, _) = store.read(T, "claim", None).await.unwrap().unwrap();
+    assert_eq!((rec.latest_version, rec.tags["by"].as_str()), (2, "a"));
+    store
+        .write_version(T, &version_write("claim", taken, "c"))
+        .await
+        .unwrap();
+    let outcome = store.write_version(T, &unreserved(4, "d")).await.unwrap();
+    assert_eq!(outcome, WriteOutcome::Applied);
+    assert_eq!(store.reserve_version(T, "claim").await.unwrap(), 5);
+    let stored: Vec<u64> = store
+        .versions(T, "claim")
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(stored, [1, 2, 3, 4]);
 }
 
 async fn a_write_that_commits_after_a_higher_number_stays_inactive(store: Arc<dyn Store>) {
@@ -961,6 +1002,7 @@ conformance!(
     tenants_are_isolated,
     racing_writers_never_share_a_version,
     fifty_reserved_writers_all_succeed_with_distinct_versions,
+    an_unreserved_write_takes_only_the_next_free_number,
     a_write_that_commits_after_a_higher_number_stays_inactive,
     guarded_writes_refuse_a_changed_record_and_write_nothing,
     an_idempotency_key_replays_the_first_answer_and_writes_nothing,

@@ -568,6 +568,18 @@ impl Store for EmbeddedStore {
                     .map_err(unavailable)?
                     .map(|raw| decode::<SecretRecord>(p, raw.value()))
                     .transpose()?;
+                if !write.reserved {
+                    let latest = current.as_ref().map_or(0, |r| r.latest_version);
+                    let reserved = txn
+                        .open_table(NEXT_VERSION)
+                        .map_err(unavailable)?
+                        .get((t, p))
+                        .map_err(unavailable)?
+                        .map_or(0, |v| v.value());
+                    if latest.max(reserved) + 1 != number {
+                        return Err(StoreError::Conflict);
+                    }
+                }
                 if !write.guard.admits(current.as_ref(), &write.initial) {
                     return Err(StoreError::Conflict);
                 }

@@ -58,14 +58,21 @@ pub struct Commit {
 }
 
 /// A write of one new version whose number was reserved with
-/// [`Store::reserve_version`]. It carries no expectation about the current
-/// record: the number cannot collide with another writer's, and the store
-/// applies `patch` to whatever record is current when it commits, so racing
-/// writers all succeed. Only a change of what the writer's authorization was
-/// decided on (`guard`) fails it, with [`StoreError::Conflict`].
+/// [`Store::reserve_version`], or is claimed by the write itself. It
+/// carries no expectation about the current record: a reserved number
+/// cannot collide with another writer's, and the store applies `patch` to
+/// whatever record is current when it commits, so racing writers all
+/// succeed. Only a change of what the writer's authorization was decided on
+/// (`guard`), or a claimed number that is no longer the next free one, fails
+/// it, with [`StoreError::Conflict`].
 #[derive(Debug, Clone)]
 pub struct VersionWrite {
     pub version: VersionRecord,
+    /// Whether `version`'s number was reserved. If not, the write takes it
+    /// only while it is the next free number (one above every version
+    /// written or reserved): one round trip fewer for a write nobody races,
+    /// and a conflict, to retry with a reservation, for one that is raced.
+    pub reserved: bool,
     /// The record to create if the secret does not exist when the write commits.
     pub initial: SecretRecord,
     pub patch: RecordPatch,

@@ -113,9 +113,10 @@ return v
 /// KEYS: index, meta, versions, idempotency key, audit stream. ARGV:
 /// version, version record, initial record, patch, guard, prune (JSON
 /// array), change channel, path, idempotent answer ('' for none), its TTL in
-/// ms, audit event ('' for none), the stream's MAXLEN.
-/// Returns {1} applied, {3} applied without its audit event, {0} conflict (guard changed, or the number was taken
-/// by another write after a delete reset the numbering), {2, answer} replayed.
+/// ms, audit event ('' for none), the stream's MAXLEN, '1' if the number was
+/// reserved ('0': take it only if it is the next free one).
+/// Returns {1} applied, {3} applied without its audit event, {0} conflict (guard changed, the number was taken
+/// by another write after a delete reset the numbering, or a claimed number is not the next free one), {2, answer} replayed.
 const PUT_VERSION: &str = r"
 if ARGV[9] ~= '' then
   local prior = redis.call('GET', KEYS[4])
@@ -128,6 +129,12 @@ if taken then
 end
 local function opt(x) if x == cjson.null then return nil end return x end
 local v = tonumber(ARGV[1])
+if ARGV[13] == '0' then
+  local numbers = redis.call('HMGET', KEYS[2], 'latest', 'next')
+  if math.max(tonumber(numbers[1] or '0'), tonumber(numbers[2] or '0')) + 1 ~= v then
+    return {0}
+  end
+end
 local raw = redis.call('HGET', KEYS[2], 'record')
 local rec
 if raw then rec = cjson.decode(raw) else rec = cjson.decode(ARGV[3]) end
@@ -908,6 +915,7 @@ impl Store for RedisStore {
             .arg(ttl_ms)
             .arg(event)
             .arg(max_len)
+            .arg(if write.reserved { "1" } else { "0" })
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;

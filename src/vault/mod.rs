@@ -22,6 +22,7 @@ pub use self::rewrap::{rewrap, RewrapError, RewrapReport};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -535,6 +536,7 @@ impl Vault {
         let tenant = &self.workload.tenant;
         let once = Self::once(key, caller, "put", path.as_str(), &req);
         let once = once.as_ref();
+        let attempts = AtomicUsize::new(0);
         self.at_most_once(once, || async {
             let written = self
                 .retrying(|| async {
@@ -560,7 +562,12 @@ impl Vault {
                         });
                     }
                     let latest = current.as_ref().map_or(0, |r| r.latest_version);
-                    let write = self.plan_version(&path, current, &req, once, caller).await?;
+                    // The first attempt claims the next number in its
+                    // commit; one that lost a race reserves it first.
+                    let reserve = attempts.fetch_add(1, Ordering::Relaxed) > 0;
+                    let write = self
+                        .plan_version(&path, current, &req, once, caller, reserve)
+                        .await?;
                     let version = write.version.version;
                     let raced = version != latest + 1;
                     Ok(match self.store.write_version(tenant, &write).await? {
@@ -607,9 +614,11 @@ impl Vault {
         .await
     }
 
-    /// The write of `req` as a new version: its number reserved in the store
-    /// (so no other writer can take it), sealed under that number, and the
-    /// changes to apply to whatever record is current when it commits.
+    /// The write of `req` as a new version: its number, sealed under that
+    /// number, and the changes to apply to whatever record is current when
+    /// it commits. The number is the one after `current`'s, claimed by the
+    /// commit itself, unless `reserve`: then reserved in the store first, so
+    /// no other writer can take it (for a retry after a lost race).
     async fn plan_version(
         &self,
         path: &SecretPath,
@@ -617,12 +626,16 @@ impl Vault {
         req: &PutRequest,
         once: Option<&Once<'_>>,
         caller: &Caller,
+        reserve: bool,
     ) -> Result<VersionWrite, VaultError> {
         let now = Utc::now();
-        let version = self
-            .store
-            .reserve_version(&self.workload.tenant, path.as_str())
-            .await?;
+        let version = if reserve {
+            self.store
+                .reserve_version(&self.workload.tenant, path.as_str())
+                .await?
+        } else {
+            current.as_ref().map_or(0, |r| r.latest_version) + 1
+        };
         let sealed = self.seal(path, version, req.value.expose())?;
         let replaced = current.as_ref().map_or(0, |r| r.active_version);
         let prune = if current.is_none() {
@@ -645,6 +658,7 @@ impl Vault {
             max_len: self.audit.settings().max_len,
         };
         Ok(VersionWrite {
+            reserved: reserve,
             audit: Some(audit),
             version: VersionRecord {
                 version,
