@@ -14,7 +14,7 @@ use super::{
 };
 use crate::audit::EventKind;
 use crate::identity::Caller;
-use crate::model::{SecretPath, SecretType, Tier};
+use crate::model::{SecretPath, SecretType, Tier, VersionStamp};
 use crate::policy::{Action, Resource};
 use crate::store::{Commit, Idempotent, StoreError};
 
@@ -366,9 +366,8 @@ impl Vault {
         .await
     }
 
-    /// The versions history retention drops when `new_version` is written:
-    /// the oldest beyond `max_versions`, and those older than `max_version_age`.
-    /// Never the new version, the one it replaces, or one still in a grace period.
+    /// The versions history retention drops when `new_version` is written
+    /// (see [`Self::prune_of`]).
     pub(super) async fn retention_prune(
         &self,
         path: &SecretPath,
@@ -376,15 +375,41 @@ impl Vault {
         replaced: u64,
         now: DateTime<Utc>,
     ) -> Result<Vec<u64>, VaultError> {
+        let Some(existing) = self.retention_stamps(path).await? else {
+            return Ok(Vec::new());
+        };
+        Ok(self.prune_of(&existing, new_version, replaced, now))
+    }
+
+    /// The stamps of `path`'s stored versions, if history retention is on.
+    pub(super) async fn retention_stamps(
+        &self,
+        path: &SecretPath,
+    ) -> Result<Option<Vec<VersionStamp>>, VaultError> {
         let limits = self.limits;
         if limits.max_versions == 0 && limits.max_version_age.is_none() {
-            return Ok(Vec::new());
+            return Ok(None);
         }
-        let existing = self
-            .store
-            .version_stamps(&self.workload.tenant, path.as_str())
-            .await?;
-        let kept = |v: &crate::model::VersionStamp| {
+        Ok(Some(
+            self.store
+                .version_stamps(&self.workload.tenant, path.as_str())
+                .await?,
+        ))
+    }
+
+    /// Of the `existing` versions, those history retention drops when
+    /// `new_version` is written: the oldest beyond `max_versions`, and those
+    /// older than `max_version_age`. Never the new version, the one it
+    /// replaces, or one still in a grace period.
+    pub(super) fn prune_of(
+        &self,
+        existing: &[VersionStamp],
+        new_version: u64,
+        replaced: u64,
+        now: DateTime<Utc>,
+    ) -> Vec<u64> {
+        let limits = self.limits;
+        let kept = |v: &VersionStamp| {
             v.version == new_version
                 || v.version == replaced
                 || v.expires_at.is_some_and(|at| at > now)
@@ -414,7 +439,7 @@ impl Vault {
                 .collect();
             prune.extend(aged);
         }
-        Ok(prune)
+        prune
     }
 
     /// Applies history retention to `path` as it stands now. A write that

@@ -38,7 +38,8 @@ use crate::audit::{Auditor, EventKind};
 use crate::crypto::{Binding, CryptoError, TenantCipher};
 use crate::identity::{Caller, WorkloadIdentity};
 use crate::model::{
-    is_path_char, SecretPath, SecretRecord, SecretType, Tier, VersionRecord, MAX_PATH_LEN,
+    is_path_char, SecretPath, SecretRecord, SecretType, Tier, VersionRecord, VersionStamp,
+    MAX_PATH_LEN,
 };
 use crate::policy::{Action, PolicyEngine, Resource};
 use crate::store::{
@@ -540,7 +541,10 @@ impl Vault {
         self.at_most_once(once, || async {
             let written = self
                 .retrying(|| async {
-                    let current = self.record(&path).await?;
+                    // One round trip for both: the versions retention may
+                    // prune are read beside the record.
+                    let (current, stamps) =
+                        tokio::try_join!(self.record(&path), self.retention_stamps(&path))?;
                     self.authorize_claim(
                         &access,
                         Action::Write,
@@ -566,7 +570,7 @@ impl Vault {
                     // commit; one that lost a race reserves it first.
                     let reserve = attempts.fetch_add(1, Ordering::Relaxed) > 0;
                     let write = self
-                        .plan_version(&path, current, &req, once, caller, reserve)
+                        .plan_version(&path, (current, stamps), &req, once, caller, reserve)
                         .await?;
                     let version = write.version.version;
                     let raced = version != latest + 1;
@@ -614,15 +618,16 @@ impl Vault {
         .await
     }
 
-    /// The write of `req` as a new version: its number, sealed under that
-    /// number, and the changes to apply to whatever record is current when
-    /// it commits. The number is the one after `current`'s, claimed by the
+    /// The write of `req` as a new version, given the path's current record
+    /// and its versions' stamps (when retention is on): its number, sealed
+    /// under that number, the changes to apply to whatever record is current
+    /// when it commits, and the versions retention drops. The number is the one after `current`'s, claimed by the
     /// commit itself, unless `reserve`: then reserved in the store first, so
     /// no other writer can take it (for a retry after a lost race).
     async fn plan_version(
         &self,
         path: &SecretPath,
-        current: Option<SecretRecord>,
+        (current, stamps): (Option<SecretRecord>, Option<Vec<VersionStamp>>),
         req: &PutRequest,
         once: Option<&Once<'_>>,
         caller: &Caller,
@@ -638,10 +643,9 @@ impl Vault {
         };
         let sealed = self.seal(path, version, req.value.expose())?;
         let replaced = current.as_ref().map_or(0, |r| r.active_version);
-        let prune = if current.is_none() {
-            Vec::new()
-        } else {
-            self.retention_prune(path, version, replaced, now).await?
+        let prune = match (&current, stamps) {
+            (Some(_), Some(stamps)) => self.prune_of(&stamps, version, replaced, now),
+            _ => Vec::new(),
         };
         let initial = self.next_record(None, path, req, version, now);
         let mut guard = Guard::of(current.as_ref().unwrap_or(&initial));
