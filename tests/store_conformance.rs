@@ -81,13 +81,7 @@ async fn reads_what_it_commits(store: Arc<dyn Store>) {
     assert!(none.is_none(), "a missing version of an existing secret");
     let (_, meta_only) = store.read(T, "a", Some(0)).await.unwrap().unwrap();
     assert!(meta_only.is_none(), "version 0 never exists");
-    let numbers: Vec<u64> = store
-        .versions(T, "a")
-        .await
-        .unwrap()
-        .iter()
-        .map(|v| v.version)
-        .collect();
+    let numbers = version_numbers(store.as_ref(), "a").await;
     assert_eq!(numbers, vec![1, 2]);
     let full = store.versions(T, "a").await.unwrap();
     assert_eq!(
@@ -135,13 +129,7 @@ async fn metadata_only_commits_and_pruning(store: Arc<dyn Store>) {
     let (rec, ver) = store.read(T, "m", None).await.unwrap().unwrap();
     assert_eq!((rec.active_version, rec.latest_version), (1, 3));
     assert_eq!(ver.unwrap().version, 1);
-    let numbers: Vec<u64> = store
-        .versions(T, "m")
-        .await
-        .unwrap()
-        .iter()
-        .map(|v| v.version)
-        .collect();
+    let numbers = version_numbers(store.as_ref(), "m").await;
     assert_eq!(
         numbers,
         vec![1, 3],
@@ -253,6 +241,12 @@ async fn racing_writers_never_share_a_version(store: Arc<dyn Store>) {
     assert_eq!(store.versions(T, "race").await.unwrap().len(), 40);
 }
 
+/// The numbers of the versions stored for `path`, in order.
+async fn version_numbers(store: &dyn Store, path: &str) -> Vec<u64> {
+    let versions = store.versions(T, path).await.unwrap();
+    versions.iter().map(|v| v.version).collect()
+}
+
 /// A write of a reserved version `n` of `path` that sets the tag `by` to `who`.
 fn version_write(path: &str, n: u64, who: &str) -> VersionWrite {
     let mut initial = record(path, n, n);
@@ -297,13 +291,7 @@ async fn fifty_reserved_writers_all_succeed_with_distinct_versions(store: Arc<dy
     }
     numbers.sort_unstable();
     assert_eq!(numbers, (1..=50).collect::<Vec<u64>>());
-    let stored: Vec<u64> = store
-        .versions(T, "hot")
-        .await
-        .unwrap()
-        .iter()
-        .map(|v| v.version)
-        .collect();
+    let stored = version_numbers(store.as_ref(), "hot").await;
     assert_eq!(stored, numbers);
     let (rec, active) = store.read(T, "hot", None).await.unwrap().unwrap();
     assert_eq!((rec.latest_version, rec.active_version), (50, 50));
@@ -345,13 +333,7 @@ async fn an_unreserved_write_takes_only_the_next_free_number(store: Arc<dyn Stor
     let outcome = store.write_version(T, &unreserved(4, "d")).await.unwrap();
     assert_eq!(outcome, WriteOutcome::Applied);
     assert_eq!(store.reserve_version(T, "claim").await.unwrap(), 5);
-    let stored: Vec<u64> = store
-        .versions(T, "claim")
-        .await
-        .unwrap()
-        .iter()
-        .map(|v| v.version)
-        .collect();
+    let stored = version_numbers(store.as_ref(), "claim").await;
     assert_eq!(stored, [1, 2, 3, 4]);
 }
 
@@ -391,13 +373,7 @@ async fn a_write_that_commits_after_a_higher_number_stays_inactive(store: Arc<dy
     assert_eq!(rec.description.as_deref(), Some("new"));
     assert_eq!(rec.tags["by"], "third");
     assert!(!rec.retired_expiry.contains_key(&low), "pruned");
-    let kept: Vec<u64> = store
-        .versions(T, "late")
-        .await
-        .unwrap()
-        .iter()
-        .map(|v| v.version)
-        .collect();
+    let kept = version_numbers(store.as_ref(), "late").await;
     assert_eq!(
         kept,
         vec![high, next],

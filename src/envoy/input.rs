@@ -19,7 +19,7 @@ use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value as PbValue};
 use serde_json::{json, Map, Value};
 
-use crate::policy::RuleInput;
+use crate::policy::{push_key_part as push, RuleInput};
 
 /// Why a CheckRequest cannot become a policy input. The request is denied
 /// with 400, as the OPA-Envoy plugin does.
@@ -153,16 +153,6 @@ impl RuleInput for CheckInput<'_> {
         push(&mut key, Some(http.path.as_bytes()));
         for path in paths {
             let at = |i: usize| path.get(i).map(String::as_str);
-            if !matches!(
-                at(0),
-                Some("agentvault" | "source_principal" | "attributes") | None
-            ) {
-                // `version`, the parsed path, query and body (the raw path
-                // is in the key; the body is never keyed), or not built at
-                // all (another rule's input, such as the decision policy's
-                // `input.action`): absent in every input.
-                continue;
-            }
             match (at(0), at(1), at(2), at(3)) {
                 (Some("agentvault"), Some("subject"), Some(field), _) => {
                     let s = &self.subject;
@@ -213,7 +203,12 @@ impl RuleInput for CheckInput<'_> {
                     };
                     push(&mut key, Some(value));
                 }
-                _ => return None,
+                (Some("attributes") | None, ..) => return None,
+                // `version`, the parsed path, query and body (the raw path
+                // is in the key; the body is never keyed), or not built at
+                // all (another rule's input, such as the decision policy's
+                // `input.action`): absent in every input.
+                _ => {}
             }
         }
         Some(key)
@@ -222,19 +217,6 @@ impl RuleInput for CheckInput<'_> {
     fn build(&self, paths: Option<&[Vec<String>]>) -> Result<Value, InputError> {
         let want = paths.map_or(Want::All, Want::Paths);
         build_for(self.request, &self.subject, self.parse_body, want)
-    }
-}
-
-/// Appends `value` to a key so that no two sequences of values write the
-/// same bytes: absent, or present with its length.
-fn push(key: &mut Vec<u8>, value: Option<&[u8]>) {
-    match value {
-        None => key.push(0),
-        Some(bytes) => {
-            key.push(1);
-            key.extend_from_slice(&bytes.len().to_le_bytes());
-            key.extend_from_slice(bytes);
-        }
     }
 }
 

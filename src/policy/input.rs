@@ -8,6 +8,7 @@ use std::fmt;
 
 use serde::Serialize;
 
+use super::rule_input::push_key_part;
 use super::PolicyError;
 use crate::identity::{Caller, WorkloadIdentity};
 use crate::model::{SecretPath, SecretRecord, SecretType, Tier};
@@ -272,13 +273,7 @@ fn put_str(key: &mut Vec<u8>, s: &str) {
 }
 
 fn put_opt(key: &mut Vec<u8>, s: Option<&str>) {
-    match s {
-        None => key.push(0),
-        Some(s) => {
-            key.push(1);
-            put_str(key, s);
-        }
-    }
+    push_key_part(key, s.map(str::as_bytes));
 }
 
 /// Bytes that are equal exactly when the inputs' documents ([`input_value`])

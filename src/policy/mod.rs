@@ -23,7 +23,7 @@ pub use self::decision::Decision;
 pub use self::input::{
     Action, EventInput, GrantInput, PolicyInput, Resource, Subject, TokenClaims, TokenScope,
 };
-pub use self::rule_input::RuleInput;
+pub use self::rule_input::{push_key_part, RuleInput};
 pub use self::tooling::{PolicySet, TestOutcome, TestResult};
 
 use std::fmt;

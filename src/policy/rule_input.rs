@@ -22,3 +22,17 @@ pub trait RuleInput {
     /// the whole input), or why the request cannot become one.
     fn build(&self, paths: Option<&[Vec<String>]>) -> Result<serde_json::Value, Self::Error>;
 }
+
+/// Appends one part of a memo key, so that no two sequences of parts write
+/// the same bytes: absent, or present with its length. The framing of every
+/// memo key, the decision rule's and the front ends' request keys alike.
+pub fn push_key_part(key: &mut Vec<u8>, part: Option<&[u8]>) {
+    match part {
+        None => key.push(0),
+        Some(bytes) => {
+            key.push(1);
+            key.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            key.extend_from_slice(bytes);
+        }
+    }
+}
