@@ -502,11 +502,20 @@ impl TestEnv {
     }
 }
 
-/// A gRPC channel over a Unix socket.
+/// A gRPC channel over a Unix socket. The harness waits only for the
+/// sidecar's API socket; its Envoy socket is bound just after, so the
+/// connection is retried for up to 10 s.
 pub async fn uds_channel(socket: &Path) -> tonic::transport::Channel {
-    agentvault::client::grpc_channel(socket)
-        .await
-        .expect("connect a gRPC channel to the socket")
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match agentvault::client::grpc_channel(socket).await {
+            Ok(channel) => return channel,
+            Err(e) if Instant::now() >= deadline => {
+                panic!("connect a gRPC channel to {}: {e:?}", socket.display())
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
 }
 
 /// Small request helpers that panic on transport errors (the test failed anyway).
