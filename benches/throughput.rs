@@ -315,7 +315,13 @@ async fn redis_cost(
     let per_read = commands
         .iter()
         .filter(|(n, _)| !ours(n))
-        .map(|(n, (calls, _))| format!("{n} {:.2}", *calls as f64 / CPU_READS as f64))
+        .map(|(n, (calls, us))| {
+            format!(
+                "{n} {:.2} ({:.1} µs)",
+                *calls as f64 / CPU_READS as f64,
+                *us as f64 / CPU_READS as f64
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ");
     (
