@@ -7,10 +7,12 @@
 //! - sidecar GET warm (the sealed-record cache on) and cold (`--cache-max-entries 0`),
 //!   and PUT.
 //!
-//! Then, from `INFO commandstats` and `INFO cpu`: Redis CPU per audited read,
-//! warm and cold; and the invalidation latency: a PUT on sidecar A until
+//! Then, from `INFO commandstats`, `INFO cpu` and the sidecars' own CPU
+//! time: Redis and sidecar CPU per audited read, warm and cold, and per PUT; and the invalidation latency: a PUT on sidecar A until
 //! sidecar B (which had the old value cached) answers the new one, p50/p99.
-//! Prints tables of ratios. Run with `cargo bench --bench throughput`.
+//! Prints tables of ratios. Run with `cargo bench --bench throughput`;
+//! `PROFILE=warm|cold|put` runs only that load, on a sidecar whose pid it
+//! prints, for a profiler (`perf record -p PID`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -331,6 +333,11 @@ async fn redis_cost(
     )
 }
 
+/// CPU ticks spent on `CPU_READS` requests, as µs per request.
+fn per_request_us(ticks: u64) -> f64 {
+    ticks as f64 * 10_000.0 / CPU_READS as f64
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -345,7 +352,7 @@ fn main() {
     // default), A does not. A writes, B reads.
     let keyring = dir.path().join("keyring.json");
     let (warm, warm_socket) = sidecar(dir.path(), "warm", &url, &keyring, &[]);
-    let (_cold, cold_socket) = sidecar(
+    let (cold, cold_socket) = sidecar(
         dir.path(),
         "cold",
         &url,
@@ -370,6 +377,27 @@ fn main() {
             let reply = seed.send(Method::PUT, &format!("/v1/secrets/bench/k{k}"), Some(body.clone())).await.unwrap();
             assert_eq!(reply.status, 200);
             let _: () = redis::cmd("SET").arg(format!("raw:k{k}")).arg(VALUE).query_async(&mut raw).await.unwrap();
+        }
+
+        // PROFILE=warm|cold|put: only that load, five rounds, on a sidecar
+        // whose pid is printed for a profiler to attach to.
+        if let Ok(op) = std::env::var("PROFILE") {
+            let (socket, pid, put) = match op.as_str() {
+                "warm" => (&warm_socket, warm.0.id(), false),
+                "cold" => (&cold_socket, cold.0.id(), false),
+                "put" => (&warm_socket, warm.0.id(), true),
+                other => panic!("PROFILE={other}: expected warm, cold or put"),
+            };
+            println!("profiling {op}: sidecar pid {pid}");
+            for _ in 0..5 {
+                let ops = if put {
+                    measure(socket_setup(socket), sidecar_put).await
+                } else {
+                    measure(socket_setup(socket), sidecar_get).await
+                };
+                println!("{op}: {ops:.0} ops/s");
+            }
+            return;
         }
 
         let mut best: BTreeMap<&str, f64> = BTreeMap::new();
@@ -418,19 +446,24 @@ fn main() {
         // Redis's cost per read, warm (cache on) and cold, audited alike.
         let mut redis = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
         println!();
-        println!("Redis CPU per request ({CPU_READS} requests, {CONCURRENCY} connections, audit appends included)");
-        println!("{:<20}{:>16}{:>16}  commands per read", "read", "command µs", "process µs");
-        for (name, socket) in [("sidecar GET, warm", &warm_socket), ("sidecar GET, cold", &cold_socket)] {
+        println!("CPU per request, Redis and sidecar ({CPU_READS} requests, {CONCURRENCY} connections, audit appends included)");
+        println!("{:<20}{:>12}{:>12}{:>12}  commands per request", "request", "command µs", "Redis µs", "sidecar µs");
+        let (warm_pid, cold_pid) = (warm.0.id(), cold.0.id());
+        for (name, socket, pid) in [("sidecar GET, warm", &warm_socket, warm_pid), ("sidecar GET, cold", &cold_socket, cold_pid)] {
+            let ticks = cpu_ticks(pid);
             let (command_us, process_us, per_read) =
                 redis_cost(&mut redis, true, run_count(socket_setup(socket), sidecar_get, CPU_READS)).await;
-            println!("{name:<20}{command_us:>16.2}{process_us:>16.2}  {per_read}");
+            let sidecar_us = per_request_us(cpu_ticks(pid) - ticks);
+            println!("{name:<20}{command_us:>12.2}{process_us:>12.2}{sidecar_us:>12.2}  {per_read}");
         }
         let (command_us, process_us, per_read) =
             redis_cost(&mut redis, false, run_count(redis_setup(url.clone()), redis_get, CPU_READS)).await;
-        println!("{:<20}{command_us:>16.2}{process_us:>16.2}  {per_read}", "raw Redis GET");
+        println!("{:<20}{command_us:>12.2}{process_us:>12.2}{:>12}  {per_read}", "raw Redis GET", "");
+        let ticks = cpu_ticks(warm_pid);
         let (command_us, process_us, per_write) =
             redis_cost(&mut redis, true, run_count(socket_setup(&warm_socket), sidecar_put, CPU_READS)).await;
-        println!("{:<20}{command_us:>16.2}{process_us:>16.2}  {per_write}", "sidecar PUT");
+        let sidecar_us = per_request_us(cpu_ticks(warm_pid) - ticks);
+        println!("{:<20}{command_us:>12.2}{process_us:>12.2}{sidecar_us:>12.2}  {per_write}", "sidecar PUT");
 
         // Invalidation latency: A's PUT returns; B had the old value cached; how
         // long until B answers the new one.
@@ -473,19 +506,22 @@ fn main() {
 /// How long the idle sidecar is watched for its CPU use.
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
 
+/// CPU time process `pid` has spent, user and system, in clock ticks (10 ms
+/// on Linux: USER_HZ 100).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // Fields after the command name, which ends at the last ')': utime and stime are 14 and 15.
+    let after = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
 /// Resident memory of process `pid` (all, anonymous, file-backed: the
 /// binary's pages) and the CPU it spends over `window` while nothing calls it.
 async fn idle(pid: u32, window: Duration) -> String {
-    let ticks = || -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
-        // Fields after the command name, which ends at the last ')': utime and stime are 14 and 15.
-        let after = &stat[stat.rfind(')').expect("stat format") + 2..];
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
-    };
-    let before = ticks();
+    let before = cpu_ticks(pid);
     tokio::time::sleep(window).await;
-    let spent = ticks() - before;
+    let spent = cpu_ticks(pid) - before;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
     let kib = |field: &str| -> f64 {
         status
@@ -494,7 +530,6 @@ async fn idle(pid: u32, window: Duration) -> String {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
             .expect("a memory field")
     };
-    // Clock ticks are 10 ms on Linux (USER_HZ 100).
     let millicores = spent as f64 * 10.0 / window.as_secs_f64();
     format!(
         "RSS {:.1} MiB (anonymous {:.1} MiB, file {:.1} MiB); CPU {millicores:.2} mCPU over {}s ({spent} ticks)",

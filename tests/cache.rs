@@ -79,6 +79,7 @@ fn record(path: &str, n: u64) -> SecretRecord {
         updated_at: now,
         expires_at: None,
         retired_expiry: BTreeMap::new(),
+        revision: String::new(),
     }
 }
 

@@ -40,6 +40,7 @@ fn record(path: &str, latest: u64, active: u64) -> SecretRecord {
         updated_at: now,
         expires_at: None,
         retired_expiry: BTreeMap::new(),
+        revision: String::new(),
     }
 }
 
@@ -71,7 +72,7 @@ async fn reads_what_it_commits(store: Arc<dyn Store>) {
     assert!(store.read(T, "a", None).await.unwrap().is_none());
     write(&*store, T, "a", 1).await.unwrap();
     let (rec, ver) = store.read(T, "a", None).await.unwrap().unwrap();
-    assert_eq!(rec, record_with_times(&rec, record("a", 1, 1)));
+    assert_eq!(rec, as_stored(&rec, record("a", 1, 1)));
     assert_eq!(ver.unwrap().sealed, version(1).sealed);
     write(&*store, T, "a", 2).await.unwrap();
     let (_, v1) = store.read(T, "a", Some(1)).await.unwrap().unwrap();
@@ -91,9 +92,11 @@ async fn reads_what_it_commits(store: Arc<dyn Store>) {
     );
 }
 
-fn record_with_times(stored: &SecretRecord, mut want: SecretRecord) -> SecretRecord {
+/// `want` with what the store sets itself: times and revision.
+fn as_stored(stored: &SecretRecord, mut want: SecretRecord) -> SecretRecord {
     want.created_at = stored.created_at;
     want.updated_at = stored.updated_at;
+    want.revision.clone_from(&stored.revision);
     want
 }
 
@@ -256,6 +259,7 @@ fn version_write(path: &str, n: u64, who: &str) -> VersionWrite {
         reserved: true,
         guard: Guard::of(&initial),
         initial,
+        base: None,
         patch: RecordPatch {
             updated_at: Utc::now(),
             expires_at: None,
@@ -421,6 +425,88 @@ async fn guarded_writes_refuse_a_changed_record_and_write_nothing(store: Arc<dyn
     store.write_version(T, &resent).await.unwrap();
     store.write_version(T, &resent).await.unwrap();
     assert_eq!(store.versions(T, "g").await.unwrap().len(), 3);
+}
+
+/// A write that hands back the record it read (its base) leaves what it
+/// would leave on that record while it is current, and is rebased onto the
+/// current record when another write, commit or delete came between: it
+/// never undoes a change it did not see.
+async fn a_write_on_a_stale_base_is_rebased_onto_the_current_record(store: Arc<dyn Store>) {
+    let read = |store: Arc<dyn Store>| async move {
+        let (record, _) = store.read(T, "base", None).await.unwrap().unwrap();
+        record
+    };
+    let described = |n: u64, who: &str, description: &str, base: Option<SecretRecord>| {
+        let mut write = version_write("base", n, who);
+        write.initial.description = Some(description.into());
+        write.patch.description = Some(description.into());
+        write.base = base;
+        write
+    };
+    store
+        .write_version(T, &described(1, "a", "first", None))
+        .await
+        .unwrap();
+    let first = read(store.clone()).await;
+    assert_eq!(first.description.as_deref(), Some("first"));
+
+    store
+        .write_version(T, &described(2, "b", "second", Some(first.clone())))
+        .await
+        .unwrap();
+    let second = read(store.clone()).await;
+    assert_eq!(
+        (second.latest_version, second.tags["by"].as_str()),
+        (2, "b")
+    );
+    assert_eq!(second.description.as_deref(), Some("second"));
+    if !first.revision.is_empty() {
+        assert_ne!(
+            second.revision, first.revision,
+            "a write changes the revision"
+        );
+    }
+
+    // On `first`, which version 2 replaced: only the tag is this write's.
+    let mut stale = version_write("base", 3, "c");
+    stale.base = Some(first.clone());
+    store.write_version(T, &stale).await.unwrap();
+    let third = read(store.clone()).await;
+    assert_eq!((third.latest_version, third.tags["by"].as_str()), (3, "c"));
+    assert_eq!(third.description.as_deref(), Some("second"), "rebased");
+
+    // A commit between the read and the write.
+    let mut committed = third.clone();
+    committed.description = Some("committed".into());
+    let commit = Commit {
+        record: committed,
+        versions: vec![],
+        expected_latest: 3,
+        prune: vec![],
+    };
+    store.commit(T, &commit).await.unwrap();
+    let mut after_commit = version_write("base", 4, "d");
+    after_commit.base = Some(third);
+    store.write_version(T, &after_commit).await.unwrap();
+    let fourth = read(store.clone()).await;
+    assert_eq!(fourth.description.as_deref(), Some("committed"), "rebased");
+
+    // A delete and a new secret under the same path.
+    assert!(store.delete(T, "base").await.unwrap());
+    store
+        .write_version(T, &described(1, "e", "recreated", None))
+        .await
+        .unwrap();
+    let mut after_delete = version_write("base", 2, "f");
+    after_delete.base = Some(fourth);
+    store.write_version(T, &after_delete).await.unwrap();
+    let recreated = read(store.clone()).await;
+    assert_eq!(
+        recreated.description.as_deref(),
+        Some("recreated"),
+        "rebased"
+    );
+    assert_eq!(version_numbers(store.as_ref(), "base").await, [1, 2]);
 }
 
 async fn an_idempotency_key_replays_the_first_answer_and_writes_nothing(store: Arc<dyn Store>) {
@@ -720,6 +806,8 @@ async fn reseal_swaps_only_the_expected_dek(store: Arc<dyn Store>) {
     );
     assert_eq!(v2.expires_at, before[1].expires_at);
     assert_eq!(v2.created_at, before[1].created_at);
+    let (_, active) = store.read(T, "p", None).await.unwrap().unwrap();
+    assert_eq!(active.unwrap().sealed, v2.sealed, "a read sees the new DEK");
     // The DEK moved on: a second reseal from the old one changes nothing.
     let stale = Sealed {
         kek_id: "k3".into(),
@@ -981,6 +1069,7 @@ conformance!(
     an_unreserved_write_takes_only_the_next_free_number,
     a_write_that_commits_after_a_higher_number_stays_inactive,
     guarded_writes_refuse_a_changed_record_and_write_nothing,
+    a_write_on_a_stale_base_is_rebased_onto_the_current_record,
     an_idempotency_key_replays_the_first_answer_and_writes_nothing,
     a_writes_audit_event_is_stored_with_it_or_not_at_all,
     commit_all_is_all_or_nothing,
@@ -1062,6 +1151,58 @@ async fn redis_change_subscription_fails_when_unreachable() {
         store.changes(T).await,
         Err(StoreError::Unavailable(_))
     ));
+}
+
+/// Records written before the store kept a revision and a copy of the
+/// active version (`rev` and `cur` beside `record`) read and write as before,
+/// and the next write adds both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_reads_and_writes_records_from_before_rev_and_cur() {
+    let server = support::RedisServer::start();
+    let store = RedisStore::new(RedisTarget::Standalone(server.url()));
+    write(&store, T, "old", 1).await.unwrap();
+    let mut raw = server.connection();
+    let meta = format!("av:{{{T}}}:s:old");
+    let added = |raw: &mut redis::Connection| -> Vec<Option<String>> {
+        redis::cmd("HMGET")
+            .arg(&meta)
+            .arg("rev")
+            .arg("cur")
+            .query(raw)
+            .unwrap()
+    };
+    assert!(added(&mut raw).iter().all(Option::is_some));
+    let record: String = redis::cmd("HGET")
+        .arg(&meta)
+        .arg("record")
+        .query(&mut raw)
+        .unwrap();
+    let mut legacy: serde_json::Value = serde_json::from_str(&record).unwrap();
+    legacy.as_object_mut().unwrap().remove("revision");
+    let _: () = redis::cmd("HSET")
+        .arg(&meta)
+        .arg("record")
+        .arg(legacy.to_string())
+        .query(&mut raw)
+        .unwrap();
+    let _: () = redis::cmd("HDEL")
+        .arg(&meta)
+        .arg("rev")
+        .arg("cur")
+        .query(&mut raw)
+        .unwrap();
+
+    let (rec, active) = store.read(T, "old", None).await.unwrap().unwrap();
+    assert!(rec.revision.is_empty());
+    assert_eq!(active.unwrap().version, 1);
+    let mut next = version_write("old", 2, "new");
+    next.base = Some(rec);
+    store.write_version(T, &next).await.unwrap();
+    let (rec, active) = store.read(T, "old", None).await.unwrap().unwrap();
+    assert_eq!((rec.latest_version, rec.tags["by"].as_str()), (2, "new"));
+    assert!(!rec.revision.is_empty());
+    assert_eq!(active.unwrap().version, 2);
+    assert!(added(&mut raw).iter().all(Option::is_some));
 }
 
 #[tokio::test]

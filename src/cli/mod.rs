@@ -189,10 +189,16 @@ impl CliError {
 
 /// Runs a parsed command line to completion.
 pub fn run(cli: Cli) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    let workers = match &cli.command {
+        Command::Dev(args) => args.flags.worker_threads,
+        Command::Serve(args) => args.flags.worker_threads,
+        _ => None,
+    };
+    if let Some(n) = workers {
+        runtime.worker_threads(n.into());
+    }
+    let runtime = match runtime.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("agentvault: cannot start the runtime: {e}");

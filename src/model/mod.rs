@@ -124,6 +124,12 @@ pub struct SecretRecord {
     /// when they stopped being active, which still bounds reads by number.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub retired_expiry: BTreeMap<u64, DateTime<Utc>>,
+    /// Changes on every write of the record, where the store keeps one (the
+    /// Redis store does; empty otherwise). A writer hands back the record it
+    /// read, and the store commits the writer's result as is while the
+    /// revision is unchanged, instead of re-deriving it from the current record.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub revision: String,
 }
 
 impl SecretRecord {

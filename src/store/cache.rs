@@ -159,6 +159,7 @@ fn weigh(key: &Key, found: &Option<Snapshot>) -> usize {
             + r.scope.as_ref().map_or(0, String::len)
             + r.tags.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
             + r.retired_expiry.len() * 24
+            + r.revision.len()
     };
     let version = |v: &VersionRecord| {
         v.sealed.kek_id.len() + v.sealed.wrapped_dek.len() + v.sealed.ciphertext.len()

@@ -583,18 +583,9 @@ impl Store for EmbeddedStore {
                 if !write.guard.admits(current.as_ref(), &write.initial) {
                     return Err(StoreError::Conflict);
                 }
-                let mut record = match current {
-                    Some(mut record) => {
-                        write.patch.apply(&mut record, number);
-                        record
-                    }
-                    None => write.initial.clone(),
-                };
-                for old in &write.prune {
-                    if *old != record.active_version && *old != number {
-                        versions.remove((t, p, *old)).map_err(unavailable)?;
-                        record.retired_expiry.remove(old);
-                    }
+                let (record, dropped) = write.outcome(current);
+                for old in dropped {
+                    versions.remove((t, p, old)).map_err(unavailable)?;
                 }
                 versions
                     .insert((t, p, number), encoded.as_slice())

@@ -75,6 +75,11 @@ pub struct VersionWrite {
     pub reserved: bool,
     /// The record to create if the secret does not exist when the write commits.
     pub initial: SecretRecord,
+    /// The record the writer read (`None`: there was none). While it is still
+    /// current, a store may commit [`VersionWrite::outcome`] on it as is
+    /// instead of applying `patch` to what it finds: the same result, without
+    /// re-reading and re-encoding the record inside the commit.
+    pub base: Option<SecretRecord>,
     pub patch: RecordPatch,
     pub guard: Guard,
     /// Old versions to drop (history retention); never the one left active.
@@ -84,6 +89,32 @@ pub struct VersionWrite {
     /// The write's audit event, appended to the tenant's stream in the same
     /// atomic step: a crash can lose neither without the other.
     pub audit: Option<AuditAppend>,
+}
+
+impl VersionWrite {
+    /// The record this write leaves when it commits on top of `current`
+    /// (`None`: the secret does not exist), and the old versions it drops:
+    /// `prune`, less the version left active and its own.
+    pub fn outcome(&self, current: Option<SecretRecord>) -> (SecretRecord, Vec<u64>) {
+        let number = self.version.version;
+        let mut record = match current {
+            Some(mut record) => {
+                self.patch.apply(&mut record, number);
+                record
+            }
+            None => self.initial.clone(),
+        };
+        let dropped: Vec<u64> = self
+            .prune
+            .iter()
+            .copied()
+            .filter(|old| *old != record.active_version && *old != number)
+            .collect();
+        for old in &dropped {
+            record.retired_expiry.remove(old);
+        }
+        (record, dropped)
+    }
 }
 
 /// One audit event to append with a write, and the stream's length cap.

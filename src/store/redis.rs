@@ -2,8 +2,9 @@
 //! tenant's keys share a cluster slot and every multi-key write runs as one Lua
 //! script, on standalone Redis and Redis Cluster alike.
 //!
-//! Layout per tenant: `av:{t}:s:<path>` hash {latest, active, record, next (the
-//! highest version number reserved)},
+//! Layout per tenant: `av:{t}:s:<path>` hash {latest, active, record, rev (the
+//! record's revision), cur (a copy of the active version's record, so a read
+//! is one plain HMGET), next (the highest version number reserved)},
 //! `av:{t}:v:<path>` hash {version → record}, `av:{t}:idx` zset of paths (lex order),
 //! `av:{t}:claim:<name>` one-shot claims with a TTL, `av:{t}:grants` hash {id → grant},
 //! `av:{t}:idem:<key>` the first answer to a write with that `Idempotency-Key` (with a TTL),
@@ -53,7 +54,7 @@ use crate::model::{
 /// version's number is free) and applies them only if all match, with the
 /// write's idempotency record unless its key is taken.
 /// KEYS: index, then (meta, versions) per commit, then the idempotency key.
-/// ARGV: count, then per commit: expected, latest, active, record, path, n,
+/// ARGV: count, then per commit: expected, latest, active, record, its revision, path, n,
 /// (version, json) × n, m, pruned × m; then the change channel, which hears
 /// each committed path, the idempotent answer ('' for none) and its TTL in ms.
 /// Returns {1} applied, {0} conflict, {2, answer} replayed.
@@ -72,10 +73,11 @@ for i = 1, n do
   local cur = tonumber(redis.call('HGET', meta, 'latest') or '0')
   if cur ~= tonumber(ARGV[pos]) then return {0} end
   local c = {meta = meta, vers = vers, latest = ARGV[pos + 1], active = ARGV[pos + 2],
-             record = ARGV[pos + 3], path = ARGV[pos + 4], versions = {}, prune = {}}
+             record = ARGV[pos + 3], rev = ARGV[pos + 4], path = ARGV[pos + 5],
+             versions = {}, prune = {}}
   if tonumber(c.latest) ~= cur and redis.call('HGET', vers, c.latest) then return {0} end
-  local nv = tonumber(ARGV[pos + 5])
-  pos = pos + 6
+  local nv = tonumber(ARGV[pos + 6])
+  pos = pos + 7
   for _ = 1, nv do
     table.insert(c.versions, {ARGV[pos], ARGV[pos + 1]})
     pos = pos + 2
@@ -91,7 +93,10 @@ end
 for _, c in ipairs(plan) do
   for _, v in ipairs(c.versions) do redis.call('HSET', c.vers, v[1], v[2]) end
   for _, p in ipairs(c.prune) do redis.call('HDEL', c.vers, p) end
-  redis.call('HSET', c.meta, 'latest', c.latest, 'active', c.active, 'record', c.record)
+  redis.call('HSET', c.meta, 'latest', c.latest, 'active', c.active, 'record', c.record,
+    'rev', c.rev)
+  local cur = redis.call('HGET', c.vers, c.active)
+  if cur then redis.call('HSET', c.meta, 'cur', cur) else redis.call('HDEL', c.meta, 'cur') end
   redis.call('ZADD', KEYS[1], 0, c.path)
 end
 if answer ~= '' then redis.call('SET', idem, answer, 'PX', ttl) end
@@ -114,7 +119,12 @@ return v
 /// version, version record, initial record, patch, guard, prune (JSON
 /// array), change channel, path, idempotent answer ('' for none), its TTL in
 /// ms, audit event ('' for none), the stream's MAXLEN, '1' if the number was
-/// reserved ('0': take it only if it is the next free one).
+/// reserved ('0': take it only if it is the next free one); then the base
+/// the writer read: '-' none, '' unusable (always rebase), else its revision;
+/// the record the write leaves on that base, its new revision, latest and
+/// active, and the versions it drops.
+/// While the base is current, the write commits the writer's record as is:
+/// no JSON is decoded or encoded here. Otherwise it is rebased, as above.
 /// Returns {1} applied, {3} applied without its audit event, {0} conflict (guard changed, the number was taken
 /// by another write after a delete reset the numbering, or a claimed number is not the next free one), {2, answer} replayed.
 const PUT_VERSION: &str = r"
@@ -135,14 +145,22 @@ if ARGV[13] == '0' then
     return {0}
   end
 end
-local raw = redis.call('HGET', KEYS[2], 'record')
-local rec
-if raw then rec = cjson.decode(raw) else rec = cjson.decode(ARGV[3]) end
-local g = cjson.decode(ARGV[5])
-if rec.owner ~= g.owner or opt(rec.scope) ~= opt(g.scope) or rec.tier ~= g.tier then
-  return {0}
+local current = false
+if ARGV[14] == '-' then
+  current = not redis.call('HGET', KEYS[2], 'record')
+elseif ARGV[14] ~= '' then
+  current = redis.call('HGET', KEYS[2], 'rev') == ARGV[14]
 end
-if g.active ~= nil and (raw and rec.active_version or 0) ~= g.active then return {0} end
+local raw, rec
+if not current then
+  raw = redis.call('HGET', KEYS[2], 'record')
+  if raw then rec = cjson.decode(raw) else rec = cjson.decode(ARGV[3]) end
+  local g = cjson.decode(ARGV[5])
+  if rec.owner ~= g.owner or opt(rec.scope) ~= opt(g.scope) or rec.tier ~= g.tier then
+    return {0}
+  end
+  if g.active ~= nil and (raw and rec.active_version or 0) ~= g.active then return {0} end
+end
 -- The event first, and guarded: a stream that cannot take it (a broken
 -- key) must not fail the write half-way; the caller then queues the event.
 local audited = 1
@@ -150,35 +168,43 @@ if ARGV[11] ~= '' then
   local added = redis.pcall('XADD', KEYS[5], 'MAXLEN', '~', ARGV[12], '*', 'e', ARGV[11])
   if type(added) == 'table' and added.err then audited = 0 end
 end
-if type(rec.retired_expiry) ~= 'table' then rec.retired_expiry = {} end
-local ret = rec.retired_expiry
-if raw then
-  local p = cjson.decode(ARGV[4])
-  if v < rec.latest_version then
-    if opt(p.expires_at) then ret[tostring(v)] = p.expires_at end
-  else
-    if v ~= rec.active_version then
-      if opt(rec.expires_at) then ret[tostring(rec.active_version)] = rec.expires_at end
-      ret[tostring(v)] = nil
-      rec.active_version = v
-      rec.expires_at = p.expires_at
-    end
-    rec.latest_version = v
-    rec.updated_at = p.updated_at
-    for _, f in ipairs({'type', 'tier', 'description', 'tags', 'scope'}) do
-      if p[f] ~= nil then rec[f] = p[f] end
+local record, latest, active = ARGV[15], ARGV[17], ARGV[18]
+if current then
+  for i = 19, #ARGV do redis.call('HDEL', KEYS[3], ARGV[i]) end
+else
+  if type(rec.retired_expiry) ~= 'table' then rec.retired_expiry = {} end
+  local ret = rec.retired_expiry
+  if raw then
+    local p = cjson.decode(ARGV[4])
+    if v < rec.latest_version then
+      if opt(p.expires_at) then ret[tostring(v)] = p.expires_at end
+    else
+      if v ~= rec.active_version then
+        if opt(rec.expires_at) then ret[tostring(rec.active_version)] = rec.expires_at end
+        ret[tostring(v)] = nil
+        rec.active_version = v
+        rec.expires_at = p.expires_at
+      end
+      rec.latest_version = v
+      rec.updated_at = p.updated_at
+      for _, f in ipairs({'type', 'tier', 'description', 'tags', 'scope'}) do
+        if p[f] ~= nil then rec[f] = p[f] end
+      end
     end
   end
-end
-for _, x in ipairs(cjson.decode(ARGV[6])) do
-  if x ~= rec.active_version and x ~= v then
-    redis.call('HDEL', KEYS[3], tostring(x))
-    ret[tostring(x)] = nil
+  for _, x in ipairs(cjson.decode(ARGV[6])) do
+    if x ~= rec.active_version and x ~= v then
+      redis.call('HDEL', KEYS[3], tostring(x))
+      ret[tostring(x)] = nil
+    end
   end
+  rec.revision = ARGV[16]
+  record = cjson.encode(rec)
+  latest, active = tostring(rec.latest_version), tostring(rec.active_version)
 end
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[2], 'latest', tostring(rec.latest_version),
-  'active', tostring(rec.active_version), 'record', cjson.encode(rec))
+redis.call('HSET', KEYS[2], 'latest', latest, 'active', active, 'record', record, 'rev', ARGV[16])
+if active == ARGV[1] then redis.call('HSET', KEYS[2], 'cur', ARGV[2]) end
 redis.call('ZADD', KEYS[1], 0, ARGV[8])
 if ARGV[9] ~= '' then redis.call('SET', KEYS[4], ARGV[9], 'PX', ARGV[10]) end
 redis.call('PUBLISH', ARGV[7], 's:' .. ARGV[8])
@@ -186,12 +212,13 @@ if audited == 0 then return {3} end
 return {1}
 ";
 
-const READ: &str = r"
+/// A read of the active version for a record without its copy (written
+/// before the copy existed, or with no active version).
+/// KEYS: meta, versions. Returns {record, active version} or nil.
+const READ_ACTIVE: &str = r"
 local meta = redis.call('HMGET', KEYS[1], 'record', 'active')
 if not meta[1] then return false end
-local v = ARGV[1]
-if v == '' then v = meta[2] end
-return {meta[1], redis.call('HGET', KEYS[2], v)}
+return {meta[1], redis.call('HGET', KEYS[2], meta[2])}
 ";
 
 /// KEYS: meta, versions, index, grants, idempotency key. ARGV: path, change
@@ -248,7 +275,7 @@ redis.call('PUBLISH', ARGV[4], 't')
 return 1
 ";
 
-/// KEYS: versions. ARGV: version, expected kek_id, expected wrapped_dek,
+/// KEYS: versions, meta. ARGV: version, expected kek_id, expected wrapped_dek,
 /// new kek_id, new wrapped_dek (both DEKs base64, as records store them),
 /// change channel, path (announced, so caches drop the old sealed DEK).
 /// Only the two DEK fields change; every number in a version record is small
@@ -260,7 +287,11 @@ local rec = cjson.decode(cur)
 if rec.sealed.kek_id ~= ARGV[2] or rec.sealed.wrapped_dek ~= ARGV[3] then return 0 end
 rec.sealed.kek_id = ARGV[4]
 rec.sealed.wrapped_dek = ARGV[5]
-redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(rec))
+local resealed = cjson.encode(rec)
+redis.call('HSET', KEYS[1], ARGV[1], resealed)
+if redis.call('HGET', KEYS[2], 'active') == ARGV[1] then
+  redis.call('HSET', KEYS[2], 'cur', resealed)
+end
 redis.call('PUBLISH', ARGV[6], 's:' .. ARGV[7])
 return 1
 ";
@@ -501,7 +532,7 @@ pub struct RedisStore {
     commit: Script,
     reserve: Script,
     put_version: Script,
-    read: Script,
+    read_active: Script,
     delete: Script,
     use_token: Script,
     decide: Script,
@@ -544,6 +575,12 @@ fn once_args(tenant: &str, once: Option<&IdempotencyRecord>) -> (String, Vec<u8>
 }
 
 /// The tenant's change channel; its hash tag is the tenant's, like its keys'.
+/// A record's new revision: random, so a secret deleted and written again
+/// never repeats one a writer may still hold.
+fn new_revision() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
 fn changes_channel(tenant: &str) -> String {
     tenant_key(tenant, "changes")
 }
@@ -693,7 +730,7 @@ impl RedisStore {
             commit: Script::new(COMMIT),
             reserve: Script::new(RESERVE),
             put_version: Script::new(PUT_VERSION),
-            read: Script::new(READ),
+            read_active: Script::new(READ_ACTIVE),
             delete: Script::new(DELETE),
             use_token: Script::new(USE_TOKEN),
             decide: Script::new(DECIDE),
@@ -795,15 +832,48 @@ impl Store for RedisStore {
         version: Option<u64>,
     ) -> Result<Option<Snapshot>, StoreError> {
         let mut conn = self.conn().await?;
-        let found: Option<(Vec<u8>, Option<Vec<u8>>)> = self
-            .read
-            .key(key(tenant, "s", path))
-            .key(key(tenant, "v", path))
-            .arg(version.map(|v| v.to_string()).unwrap_or_default())
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        let Some((record, version)) = found else {
+        let (meta, versions) = (key(tenant, "s", path), key(tenant, "v", path));
+        // No script: the record and the active version's copy beside it, or
+        // the given version, in one round trip (only the record for 0, which
+        // no version has). A record written before the copy existed, or
+        // with no active version, is read by the script.
+        let found: (Option<Vec<u8>>, Option<Vec<u8>>) = match version {
+            None => match redis::cmd("HMGET")
+                .arg(&meta)
+                .arg("record")
+                .arg("cur")
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?
+            {
+                (Some(record), Some(cur)) => (Some(record), Some(cur)),
+                (None, _) => (None, None),
+                (Some(_), None) => self
+                    .read_active
+                    .key(meta)
+                    .key(versions)
+                    .invoke_async::<Option<_>>(&mut conn)
+                    .await
+                    .map_err(unavailable)?
+                    .unwrap_or_default(),
+            },
+            Some(0) => (
+                redis::cmd("HGET")
+                    .arg(meta)
+                    .arg("record")
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?,
+                None,
+            ),
+            Some(number) => redis::pipe()
+                .hget(meta, "record")
+                .hget(versions, number)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?,
+        };
+        let (Some(record), version) = found else {
             return Ok(None);
         };
         let record: SecretRecord = decode(path, &record)?;
@@ -840,14 +910,16 @@ impl Store for RedisStore {
         let mut invocation = self.commit.prepare_invoke();
         invocation.key(index_key(tenant)).arg(commits.len());
         for commit in commits {
-            let record = &commit.record;
+            let mut record = commit.record.clone();
+            record.revision = new_revision();
             invocation
                 .key(key(tenant, "s", &record.path))
                 .key(key(tenant, "v", &record.path))
                 .arg(commit.expected_latest)
                 .arg(record.latest_version)
                 .arg(record.active_version)
-                .arg(encode(record))
+                .arg(encode(&record))
+                .arg(&record.revision)
                 .arg(&record.path)
                 .arg(commit.versions.len());
             for v in &commit.versions {
@@ -896,8 +968,25 @@ impl Store for RedisStore {
             Some(a) => (encode(&a.event), a.max_len.max(1)),
             None => (Vec::new(), 1),
         };
-        let reply: Vec<Value> = self
-            .put_version
+        // The base, if the script may commit the write's outcome on it as is.
+        let base = write.base.as_ref();
+        let usable = match base {
+            _ if !write.guard.admits(base, &write.initial) => None,
+            None => Some("-"),
+            Some(record) if record.revision.is_empty() => None,
+            Some(record) => Some(record.revision.as_str()),
+        };
+        let revision = new_revision();
+        let (outcome, dropped) = match usable {
+            Some(_) => {
+                let (mut record, dropped) = write.outcome(base.cloned());
+                record.revision.clone_from(&revision);
+                (Some(record), dropped)
+            }
+            None => (None, Vec::new()),
+        };
+        let mut invocation = self.put_version.prepare_invoke();
+        invocation
             .key(index_key(tenant))
             .key(key(tenant, "s", path))
             .key(key(tenant, "v", path))
@@ -916,6 +1005,13 @@ impl Store for RedisStore {
             .arg(event)
             .arg(max_len)
             .arg(if write.reserved { "1" } else { "0" })
+            .arg(usable.unwrap_or_default())
+            .arg(outcome.as_ref().map(encode).unwrap_or_default())
+            .arg(&revision)
+            .arg(outcome.as_ref().map_or(0, |r| r.latest_version))
+            .arg(outcome.as_ref().map_or(0, |r| r.active_version))
+            .arg(dropped);
+        let reply: Vec<Value> = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
@@ -971,6 +1067,7 @@ impl Store for RedisStore {
         let applied: i64 = self
             .reseal
             .key(key(tenant, "v", path))
+            .key(key(tenant, "s", path))
             .arg(version)
             .arg(&expected.kek_id)
             .arg(stored(expected))

@@ -671,6 +671,7 @@ impl Vault {
                 expires_at: None,
             },
             initial,
+            base: current,
             patch: RecordPatch {
                 updated_at: now,
                 expires_at: req.expires_at,
@@ -893,6 +894,7 @@ impl Vault {
             updated_at: now,
             expires_at: None,
             retired_expiry: BTreeMap::new(),
+            revision: String::new(),
         });
         record.activate(version, req.expires_at);
         record.latest_version = version;

@@ -204,6 +204,7 @@ mod tests {
             updated_at: now,
             expires_at: None,
             retired_expiry: BTreeMap::new(),
+            revision: String::new(),
         };
         let versions = (1..=versions)
             .map(|version| VersionRecord {
