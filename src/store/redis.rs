@@ -139,17 +139,17 @@ if taken then
 end
 local function opt(x) if x == cjson.null then return nil end return x end
 local v = tonumber(ARGV[1])
-if ARGV[13] == '0' then
-  local numbers = redis.call('HMGET', KEYS[2], 'latest', 'next')
-  if math.max(tonumber(numbers[1] or '0'), tonumber(numbers[2] or '0')) + 1 ~= v then
-    return {0}
-  end
+-- `latest` is written with every record, so it is absent exactly when the record is.
+local meta = redis.call('HMGET', KEYS[2], 'latest', 'next', 'rev')
+local exists = meta[1] ~= false
+if ARGV[13] == '0' and math.max(tonumber(meta[1] or '0'), tonumber(meta[2] or '0')) + 1 ~= v then
+  return {0}
 end
 local current = false
 if ARGV[14] == '-' then
-  current = not redis.call('HGET', KEYS[2], 'record')
+  current = not exists
 elseif ARGV[14] ~= '' then
-  current = redis.call('HGET', KEYS[2], 'rev') == ARGV[14]
+  current = meta[3] == ARGV[14]
 end
 local raw, rec
 if not current then
@@ -203,9 +203,14 @@ else
   latest, active = tostring(rec.latest_version), tostring(rec.active_version)
 end
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[2], 'latest', latest, 'active', active, 'record', record, 'rev', ARGV[16])
-if active == ARGV[1] then redis.call('HSET', KEYS[2], 'cur', ARGV[2]) end
-redis.call('ZADD', KEYS[1], 0, ARGV[8])
+if active == ARGV[1] then
+  redis.call('HSET', KEYS[2], 'latest', latest, 'active', active, 'record', record,
+    'rev', ARGV[16], 'cur', ARGV[2])
+else
+  redis.call('HSET', KEYS[2], 'latest', latest, 'active', active, 'record', record,
+    'rev', ARGV[16])
+end
+if not exists then redis.call('ZADD', KEYS[1], 0, ARGV[8]) end
 if ARGV[9] ~= '' then redis.call('SET', KEYS[4], ARGV[9], 'PX', ARGV[10]) end
 redis.call('PUBLISH', ARGV[7], 's:' .. ARGV[8])
 if audited == 0 then return {3} end
