@@ -579,13 +579,13 @@ fn once_args(tenant: &str, once: Option<&IdempotencyRecord>) -> (String, Vec<u8>
     }
 }
 
-/// The tenant's change channel; its hash tag is the tenant's, like its keys'.
 /// A record's new revision: random, so a secret deleted and written again
 /// never repeats one a writer may still hold.
 fn new_revision() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
+/// The tenant's change channel; its hash tag is the tenant's, like its keys'.
 fn changes_channel(tenant: &str) -> String {
     tenant_key(tenant, "changes")
 }
