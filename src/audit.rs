@@ -322,7 +322,7 @@ impl Auditor {
 
     /// Stores queued events in batches, oldest first, until the task is
     /// dropped; while the store refuses them, tries again after a pause that
-    /// doubles from [`FIRST_RETRY`] up to `retry`.
+    /// doubles from [`FIRST_RETRY`] up to `retry` (each jittered down by up to half).
     pub async fn run(self, retry: Duration) {
         let mut pause = FIRST_RETRY.min(retry);
         loop {
@@ -398,7 +398,11 @@ impl Auditor {
                     for (_, tx) in waiters.drain(..) {
                         let _ = tx.send(Err(e.to_string()));
                     }
-                    tokio::time::sleep(pause).await;
+                    // Half the pause, plus up to as much again at random, so
+                    // the sidecars of a fleet that lost Redis together do not
+                    // retry in step when it comes back.
+                    let half = pause / 2;
+                    tokio::time::sleep(half + half.mul_f64(rand::random::<f64>())).await;
                     pause = (pause * 2).min(retry);
                 }
             }
