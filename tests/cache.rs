@@ -343,6 +343,9 @@ async fn the_bounds_hold_by_entries_and_by_bytes() {
     assert!(Counts::get(&counts.evictions) >= 5);
 }
 
+/// The commands a read of a secret may send.
+const READS: &[&str] = &["evalsha", "hmget", "hget"];
+
 /// `INFO commandstats` calls per command, from a raw connection.
 fn command_calls(redis: &mut redis::Connection) -> BTreeMap<String, u64> {
     let info: String = redis::cmd("INFO").arg("commandstats").query(redis).unwrap();
@@ -395,7 +398,8 @@ async fn warm_reads_cost_redis_nothing_but_batched_audit_appends() {
     for _ in 0..100 {
         reset_stats(&mut redis);
         assert_eq!(get(&client, "/v1/secrets/hot/key").await.status, 200);
-        if !command_calls(&mut redis).contains_key("evalsha") {
+        let calls = command_calls(&mut redis);
+        if !READS.iter().any(|read| calls.contains_key(*read)) {
             warm = true;
             break;
         }
@@ -455,6 +459,36 @@ async fn warm_reads_cost_redis_nothing_but_batched_audit_appends() {
         multis < N,
         "{N} concurrent reads were appended in {multis} batches"
     );
+}
+
+/// Without the cache, each read is one plain command (no script): the
+/// record and the active version's copy beside it, in one `HMGET`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncached_read_is_one_hmget() {
+    let shared = Shared::new();
+    let sidecar = shared.sidecar(
+        "acme",
+        "a",
+        &["--expiry-check-interval", "1h", "--cache-max-entries", "0"],
+    );
+    let client = sidecar.client();
+    let mut redis = shared.redis.connection();
+    put_value(&client, "cold/key", "cold-value-1").await;
+    put_value(&client, "cold/key", "cold-value-2").await;
+
+    const N: u64 = 20;
+    reset_stats(&mut redis);
+    for _ in 0..N {
+        let reply = get(&client, "/v1/secrets/cold/key").await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.json()["value"], "cold-value-2");
+    }
+    let calls = command_calls(&mut redis);
+    let reads: BTreeMap<&str, u64> = READS
+        .iter()
+        .filter_map(|read| Some((*read, *calls.get(*read)?)))
+        .collect();
+    assert_eq!(reads, BTreeMap::from([("hmget", N)]), "{calls:?}");
 }
 
 /// `agentvault_cache_invalidations_total` on a sidecar's `/metrics`.
