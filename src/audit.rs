@@ -28,6 +28,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::oneshot;
 
+use crate::backoff::Backoff;
 use crate::identity::Caller;
 pub use crate::model::audit::{AuditEntry, AuditEvent, AuditId, EventKind};
 use crate::model::Tier;
@@ -159,12 +160,19 @@ struct Inner {
     fanout: Arc<fanout::Fanout>,
 }
 
-/// Events logged but not stored yet, oldest first. Only the writer removes
-/// events from the front, and only the `in_flight` ones it is appending.
+/// Events logged but not stored yet, oldest first, but for the `in_flight`
+/// ones the writer has taken out to append (older than all of these): it
+/// drops them once stored, and puts them back at the front if refused.
 #[derive(Default)]
 struct Queue {
     items: VecDeque<Queued>,
     in_flight: usize,
+}
+
+impl Queue {
+    fn waiting(&self) -> usize {
+        self.items.len() + self.in_flight
+    }
 }
 
 struct Queued {
@@ -214,7 +222,7 @@ impl Auditor {
 
     /// Events logged but not stored yet.
     pub fn waiting(&self) -> usize {
-        self.queue().items.len()
+        self.queue().waiting()
     }
 
     fn failing(&self) -> bool {
@@ -280,15 +288,16 @@ impl Auditor {
                     stored: if i == last { stored.take() } else { None },
                 }));
             // Over the cap, the oldest events not being appended right now go.
-            let excess = queue.items.len().saturating_sub(cap);
-            let from = queue.in_flight.min(queue.items.len());
-            let dropped = excess.min(queue.items.len() - from);
-            for gone in queue.items.drain(from..from + dropped) {
+            let dropped = queue
+                .waiting()
+                .saturating_sub(cap)
+                .min(queue.items.len());
+            for gone in queue.items.drain(..dropped) {
                 if let Some(stored) = gone.stored {
                     let _ = stored.send(Err("the audit buffer overflowed".into()));
                 }
             }
-            (queue.items.len(), dropped)
+            (queue.waiting(), dropped)
         };
         if dropped > 0 {
             tracing::error!(
@@ -322,26 +331,24 @@ impl Auditor {
 
     /// Stores queued events in batches, oldest first, until the task is
     /// dropped; while the store refuses them, tries again after a pause that
-    /// doubles from [`FIRST_RETRY`] up to `retry` (each jittered down by up to half).
+    /// doubles from [`FIRST_RETRY`] up to `retry`, jittered so that the
+    /// sidecars of a fleet that lost Redis together do not retry in step.
     pub async fn run(self, retry: Duration) {
-        let mut pause = FIRST_RETRY.min(retry);
+        let mut backoff = Backoff::new(FIRST_RETRY, retry);
         loop {
-            let (batch, mut waiters) = {
+            let (mut batch, mut waiters) = {
                 let mut queue = self.queue();
                 let n = queue.items.len().min(BATCH);
                 queue.in_flight = n;
+                let mut waiters: Vec<(usize, oneshot::Sender<Result<(), String>>)> = Vec::new();
                 let batch: Vec<AuditEvent> = queue
                     .items
-                    .iter()
-                    .take(n)
-                    .map(|q| q.event.clone())
-                    .collect();
-                let waiters: Vec<(usize, oneshot::Sender<Result<(), String>>)> = queue
-                    .items
-                    .iter_mut()
-                    .take(n)
+                    .drain(..n)
                     .enumerate()
-                    .filter_map(|(i, q)| q.stored.take().map(|tx| (i, tx)))
+                    .map(|(i, q)| {
+                        waiters.extend(q.stored.map(|tx| (i, tx)));
+                        q.event
+                    })
                     .collect();
                 (batch, waiters)
             };
@@ -359,13 +366,12 @@ impl Auditor {
                 .await;
             match appended {
                 Ok(_) => {
-                    pause = FIRST_RETRY.min(retry);
+                    backoff.reset();
                     let was_failing = self.inner.failing.swap(false, Ordering::AcqRel);
                     let waiting = {
                         let mut queue = self.queue();
-                        queue.items.drain(..batch.len());
                         queue.in_flight = 0;
-                        queue.items.len()
+                        queue.waiting()
                     };
                     if was_failing {
                         tracing::info!(
@@ -385,25 +391,26 @@ impl Auditor {
                     }
                     // A disclosure waiting on its event is refused, and its
                     // event kept as the refusal it became.
+                    for (i, _) in &waiters {
+                        if let Some(event) = batch.get_mut(*i) {
+                            *event = refusal(event.clone());
+                            self.mirror(event);
+                        }
+                    }
                     {
                         let mut queue = self.queue();
-                        for (i, _) in &waiters {
-                            if let Some(q) = queue.items.get_mut(*i) {
-                                q.event = refusal(q.event.clone());
-                                self.mirror(&q.event);
-                            }
-                        }
                         queue.in_flight = 0;
+                        for event in batch.drain(..).rev() {
+                            queue.items.push_front(Queued {
+                                event,
+                                stored: None,
+                            });
+                        }
                     }
                     for (_, tx) in waiters.drain(..) {
                         let _ = tx.send(Err(e.to_string()));
                     }
-                    // Half the pause, plus up to as much again at random, so
-                    // the sidecars of a fleet that lost Redis together do not
-                    // retry in step when it comes back.
-                    let half = pause / 2;
-                    tokio::time::sleep(half + half.mul_f64(rand::random::<f64>())).await;
-                    pause = (pause * 2).min(retry);
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }

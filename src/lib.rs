@@ -7,6 +7,7 @@
 //! [`identity`] says who is asking; [`metrics`] counts what happened.
 
 pub mod audit;
+pub mod backoff;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -19,6 +19,8 @@ use spiffe::{SpiffeId, WorkloadApiClient, X509Context, X509Svid};
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
+use crate::backoff::Backoff;
+
 /// First retry delay after the Workload API failed; it doubles per failure.
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -255,7 +257,7 @@ fn parse_endpoint(endpoint: &str) -> Result<Endpoint, SvidError> {
 }
 
 async fn follow(endpoint: Endpoint, tx: watch::Sender<SvidState>) {
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_MAX);
     let mut last_reason = String::new();
     loop {
         let reason = tokio::select! {
@@ -353,40 +355,6 @@ fn publish(tx: &watch::Sender<SvidState>, svid: Svid) {
     });
 }
 
-/// Exponential backoff with jitter: each delay is the current step less a
-/// random part of up to half of it, so sidecars restarted together do not
-/// retry in lockstep.
-#[derive(Debug)]
-struct Backoff {
-    step: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            step: BACKOFF_START,
-        }
-    }
-}
-
-impl Backoff {
-    fn reset(&mut self) {
-        self.step = BACKOFF_START;
-    }
-
-    /// No failure since the start or the last success.
-    fn is_fresh(&self) -> bool {
-        self.step == BACKOFF_START
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let step = self.step;
-        self.step = (step * 2).min(BACKOFF_MAX);
-        let half = step / 2;
-        half + half.mul_f64(rand::random::<f64>())
-    }
-}
-
 fn self_signed_svid(spiffe_id: &str, ttl: Duration) -> Result<Svid, SvidError> {
     let id = SpiffeId::new(spiffe_id).map_err(|e| SvidError::SpiffeId {
         id: spiffe_id.to_owned(),
@@ -430,26 +398,6 @@ mod tests {
     use x509_parser::extensions::GeneralName;
 
     const ID: &str = "spiffe://dev.local/agent/dev/dev-agent";
-
-    #[test]
-    fn backoff_doubles_to_the_cap_with_jitter_and_resets() {
-        let mut backoff = Backoff::default();
-        assert!(backoff.is_fresh());
-        let mut step = BACKOFF_START;
-        for _ in 0..12 {
-            let delay = backoff.next_delay();
-            assert!(
-                delay >= step / 2 && delay <= step,
-                "{delay:?} for step {step:?}"
-            );
-            step = (step * 2).min(BACKOFF_MAX);
-        }
-        assert_eq!(backoff.step, BACKOFF_MAX);
-        assert!(!backoff.is_fresh());
-        backoff.reset();
-        assert!(backoff.is_fresh());
-        assert!(backoff.next_delay() <= BACKOFF_START);
-    }
 
     #[test]
     fn parses_endpoints() {

@@ -2,6 +2,7 @@
 //! paths, types, tiers and the records a store keeps (ciphertext and metadata only).
 
 pub mod audit;
+pub mod timestamp;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -116,9 +117,12 @@ pub struct SecretRecord {
     pub scope: Option<String>,
     /// The agent-level SPIFFE ID of the workload that first wrote the secret.
     pub owner: String,
+    #[serde(serialize_with = "timestamp::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "timestamp::serialize")]
     pub updated_at: DateTime<Utc>,
     /// When the active version stops being readable.
+    #[serde(serialize_with = "timestamp::serialize_opt")]
     pub expires_at: Option<DateTime<Utc>>,
     /// For versions no longer active: the secret's `expires_at` as it stood
     /// when they stopped being active, which still bounds reads by number.
@@ -164,10 +168,15 @@ impl SecretRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VersionRecord {
     pub version: u64,
+    #[serde(serialize_with = "timestamp::serialize")]
     pub created_at: DateTime<Utc>,
     pub sealed: Sealed,
     /// Set when a rotation gave this version a grace period.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "timestamp::serialize_opt"
+    )]
     pub expires_at: Option<DateTime<Utc>>,
 }
 

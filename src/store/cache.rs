@@ -120,7 +120,7 @@ struct State {
 }
 
 struct Entry {
-    found: Option<Snapshot>,
+    found: Option<Arc<Snapshot>>,
     bytes: usize,
     stamp: u64,
     /// Read since the eviction hand last passed: gets a second chance.
@@ -150,7 +150,7 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 /// Roughly what a stored read occupies: its sealed bytes, its metadata and the key.
-fn weigh(key: &Key, found: &Option<Snapshot>) -> usize {
+fn weigh(key: &Key, found: &Option<Arc<Snapshot>>) -> usize {
     let record = |r: &SecretRecord| {
         r.tenant.len()
             + r.path.len()
@@ -166,7 +166,7 @@ fn weigh(key: &Key, found: &Option<Snapshot>) -> usize {
     };
     let data = found
         .as_ref()
-        .map_or(0, |(r, v)| record(r) + v.as_ref().map_or(0, version));
+        .map_or(0, |s| record(&s.0) + s.1.as_ref().map_or(0, version));
     ENTRY_OVERHEAD + key.0.len() + key.1.len() + data
 }
 
@@ -312,7 +312,7 @@ impl Shared {
         self: &Arc<Self>,
         inner: &Arc<dyn Store>,
         key: &Key,
-    ) -> Lookup<Option<Snapshot>> {
+    ) -> Lookup<Option<Arc<Snapshot>>> {
         let mut state = lock(&self.state);
         let t = self.tenant(&mut state, inner, &key.0);
         let (live, epoch) = (t.live, t.epoch);
@@ -330,7 +330,7 @@ impl Shared {
         Lookup::Miss(live.then_some(epoch))
     }
 
-    fn store_read(&self, key: Key, found: &Option<Snapshot>, epoch: u64) {
+    fn store_read(&self, key: Key, found: &Option<Arc<Snapshot>>, epoch: u64) {
         let bytes = weigh(&key, found);
         if bytes > self.settings.max_bytes {
             return;
@@ -470,12 +470,22 @@ impl Store for CachedStore {
         path: &str,
         version: Option<u64>,
     ) -> Result<Option<Snapshot>, StoreError> {
+        let found = self.read_shared(tenant, path, version).await?;
+        Ok(found.map(Arc::unwrap_or_clone))
+    }
+
+    async fn read_shared(
+        &self,
+        tenant: &str,
+        path: &str,
+        version: Option<u64>,
+    ) -> Result<Option<Arc<Snapshot>>, StoreError> {
         let key = (tenant.to_owned(), path.to_owned(), version);
         let epoch = match self.shared.lookup_read(&self.inner, &key) {
             Lookup::Hit(found) => return Ok(found),
             Lookup::Miss(epoch) => epoch,
         };
-        let found = self.inner.read(tenant, path, version).await?;
+        let found = self.inner.read_shared(tenant, path, version).await?;
         if let Some(epoch) = epoch {
             self.shared.store_read(key, &found, epoch);
         }

@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::crypto::Sealed;
 use crate::model::audit::{AuditEntry, AuditEvent, AuditId};
@@ -293,6 +294,17 @@ pub trait Store: Send + Sync + 'static {
         path: &str,
         version: Option<u64>,
     ) -> Result<Option<Snapshot>, StoreError>;
+
+    /// [`Self::read`], shared rather than owned: a cache answers a hit with
+    /// the snapshot it holds instead of a copy of it.
+    async fn read_shared(
+        &self,
+        tenant: &str,
+        path: &str,
+        version: Option<u64>,
+    ) -> Result<Option<Arc<Snapshot>>, StoreError> {
+        Ok(self.read(tenant, path, version).await?.map(Arc::new))
+    }
 
     /// Every stored version of a secret, oldest first.
     async fn versions(&self, tenant: &str, path: &str) -> Result<Vec<VersionRecord>, StoreError>;

@@ -2,6 +2,7 @@
 //! rollback, rotation with a grace period, metadata updates and expiry warnings.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -152,7 +153,10 @@ impl Vault {
             let done = self
                 .retrying(|| async {
                     let now = Utc::now();
-                    let snapshot = self.snapshot(&path, Some(version)).await?;
+                    let snapshot = self
+                        .snapshot(&path, Some(version))
+                        .await?
+                        .map(Arc::unwrap_or_clone);
                     let current = snapshot.as_ref().map(|(record, _)| record);
                     self.authorize(&access, Action::Write, resource(current, path.as_str()))
                         .await?;
@@ -232,7 +236,7 @@ impl Vault {
             let rotated = self
                 .retrying(|| async {
                     let now = Utc::now();
-                    let snapshot = self.snapshot(&path, None).await?;
+                    let snapshot = self.snapshot(&path, None).await?.map(Arc::unwrap_or_clone);
                     let current = snapshot.as_ref().map(|(record, _)| record);
                     self.authorize(&access, Action::Rotate, resource(current, path.as_str()))
                         .await?;

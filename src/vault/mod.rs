@@ -38,8 +38,8 @@ use crate::audit::{Auditor, EventKind};
 use crate::crypto::{Binding, CryptoError, TenantCipher};
 use crate::identity::{Caller, WorkloadIdentity};
 use crate::model::{
-    is_path_char, SecretPath, SecretRecord, SecretType, Tier, VersionRecord, VersionStamp,
-    MAX_PATH_LEN,
+    is_path_char, timestamp, SecretPath, SecretRecord, SecretType, Tier, VersionRecord,
+    VersionStamp, MAX_PATH_LEN,
 };
 use crate::policy::{Action, PolicyEngine, Resource};
 use crate::store::{
@@ -280,44 +280,6 @@ pub struct Metadata {
     #[serde(serialize_with = "timestamp::serialize_opt")]
     pub expires_at: Option<DateTime<Utc>>,
     pub scope: Option<String>,
-}
-
-/// Timestamps written as chrono writes them (RFC 3339, `Z`, as many
-/// fraction digits as needed), formatted in one piece: chrono's own
-/// `Serialize` goes through `collect_str`, which escapes every fragment and
-/// was a twentieth of a warm read's CPU.
-mod timestamp {
-    use chrono::{DateTime, SecondsFormat, Utc};
-    use serde::Serializer;
-
-    pub fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&at.to_rfc3339_opts(SecondsFormat::AutoSi, true))
-    }
-
-    pub fn serialize_opt<S: Serializer>(
-        at: &Option<DateTime<Utc>>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        match at {
-            Some(at) => serialize(at, s),
-            None => s.serialize_none(),
-        }
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use proptest::prelude::*;
-
-        proptest! {
-            /// Byte for byte what chrono's own `Serialize` writes.
-            #[test]
-            fn written_as_chrono_writes_them(secs in 0i64..253_402_300_799, nanos in 0u32..1_000_000_000) {
-                let at = chrono::DateTime::from_timestamp(secs, nanos).unwrap();
-                let ours = super::serialize(&at, serde_json::value::Serializer).unwrap();
-                prop_assert_eq!(ours, serde_json::to_value(at).unwrap());
-            }
-        }
-    }
 }
 
 impl Metadata {
@@ -719,22 +681,22 @@ impl Vault {
         Ok(self
             .snapshot(path, Some(0))
             .await?
-            .map(|(record, _)| record))
+            .map(|snapshot| Arc::unwrap_or_clone(snapshot).0))
     }
 
     /// The secret's record and the given version (or the active one), from
-    /// this tenant's keys.
+    /// this tenant's keys; shared with the cache, which a read only borrows.
     async fn snapshot(
         &self,
         path: &SecretPath,
         version: Option<u64>,
-    ) -> Result<Option<Snapshot>, VaultError> {
+    ) -> Result<Option<Arc<Snapshot>>, VaultError> {
         let snapshot = self
             .store
-            .read(&self.workload.tenant, path.as_str(), version)
+            .read_shared(&self.workload.tenant, path.as_str(), version)
             .await?;
-        if let Some((record, _)) = &snapshot {
-            self.check_tenant(record)?;
+        if let Some(snapshot) = &snapshot {
+            self.check_tenant(&snapshot.0)?;
         }
         Ok(snapshot)
     }
@@ -937,10 +899,10 @@ impl Vault {
     ) -> Result<Secret, VaultError> {
         let path = parse_path(path)?;
         let snapshot = self.snapshot(&path, version).await?;
-        let record = snapshot.as_ref().map(|(record, _)| record);
+        let record = snapshot.as_deref().map(|(record, _)| record);
         self.authorize(access, Action::Read, resource(record, path.as_str()))
             .await?;
-        let Some((record, found)) = snapshot else {
+        let Some((record, found)) = snapshot.as_deref() else {
             return Err(not_found(&path));
         };
         let Some(found) = found else {
@@ -949,8 +911,8 @@ impl Vault {
                 None => format!("secret `{path}` has no active version"),
             }));
         };
-        check_not_expired(&path, &record, &found, Utc::now())?;
-        let plaintext = self
+        check_not_expired(&path, record, found, Utc::now())?;
+        let mut plaintext = self
             .cipher
             .open(self.binding(path.as_str(), found.version), &found.sealed)
             .map_err(|source| {
@@ -963,9 +925,14 @@ impl Vault {
                     source,
                 }
             })?;
-        let value = String::from_utf8(plaintext.to_vec()).map_err(|_| VaultError::Integrity {
-            path: path.to_string(),
-            source: CryptoError::Integrity,
+        // Moved, not copied: the only copy left is the one SecretValue zeroizes.
+        let value = String::from_utf8(std::mem::take(&mut *plaintext)).map_err(|e| {
+            // The bytes go back to be zeroized with the rest.
+            *plaintext = e.into_bytes();
+            VaultError::Integrity {
+                path: path.to_string(),
+                source: CryptoError::Integrity,
+            }
         })?;
         tracing::debug!(caller = %access.caller, path = %path, version = found.version, "secret read");
         self.audit_read(
@@ -976,7 +943,7 @@ impl Vault {
         )
         .await?;
         Ok(Secret {
-            metadata: Metadata::of(&record, found.version),
+            metadata: Metadata::of(record, found.version),
             value: SecretValue::new(value),
         })
     }
