@@ -288,10 +288,7 @@ impl Auditor {
                     stored: if i == last { stored.take() } else { None },
                 }));
             // Over the cap, the oldest events not being appended right now go.
-            let dropped = queue
-                .waiting()
-                .saturating_sub(cap)
-                .min(queue.items.len());
+            let dropped = queue.waiting().saturating_sub(cap).min(queue.items.len());
             for gone in queue.items.drain(..dropped) {
                 if let Some(stored) = gone.stored {
                     let _ = stored.send(Err("the audit buffer overflowed".into()));

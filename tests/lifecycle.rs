@@ -1141,8 +1141,48 @@ async fn rollback_keeps_each_versions_own_expiry(backend: Backend) {
     );
 }
 
+/// History retention (20 versions, `dev`'s default) drops the oldest
+/// versions beyond the count, but never the one a write replaces nor one in a
+/// rotation's grace, even when that one is the oldest of all.
+async fn retention_drops_the_oldest_but_skips_a_version_in_its_grace(backend: Backend) {
+    let env = TestEnv::start(backend);
+    let c = env.client();
+    for n in 1..=20 {
+        assert_eq!(put_value(&c, "hist/key", &format!("hist-{n}")).await, n);
+    }
+    let rollback = send(
+        &c,
+        Method::POST,
+        "/v1/rollback/hist/key",
+        json!({"version": 1}),
+    )
+    .await;
+    assert_eq!(rollback.status, 200, "{:?}", rollback.json());
+    // Version 1 is replaced, so kept; 2 is the oldest that may go.
+    let rotate = json!({"value": "hist-21", "grace_period_seconds": 3600});
+    let rotated = send(&c, Method::POST, "/v1/rotate/hist/key", rotate).await;
+    assert_eq!(rotated.status, 200, "{:?}", rotated.json());
+    assert_eq!(
+        version_numbers(&versions(&c, "hist/key").await),
+        [1].into_iter().chain(3..=21).collect::<Vec<_>>()
+    );
+    // Version 1, the oldest, is in its grace: 3 and then 4 go instead.
+    for n in 22..=23 {
+        assert_eq!(put_value(&c, "hist/key", &format!("hist-{n}")).await, n);
+    }
+    assert_eq!(
+        version_numbers(&versions(&c, "hist/key").await),
+        [1].into_iter().chain(5..=23).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        value_of(&c, "/v1/secrets/hist/key?version=1").await,
+        ("hist-1".to_owned(), 1)
+    );
+}
+
 on_both_backends!(
     versions_are_listed_and_readable_by_number,
+    retention_drops_the_oldest_but_skips_a_version_in_its_grace,
     rollback_reactivates_an_old_version,
     cas_writes_only_on_the_active_version,
     rotation_keeps_the_old_version_for_its_grace,

@@ -140,6 +140,36 @@ async fn metadata_only_commits_and_pruning(store: Arc<dyn Store>) {
     );
 }
 
+/// What history retention reads: the stored versions' numbers, ascending as
+/// numbers (10 after 9), and the stamps of those asked for that are stored,
+/// in the order asked.
+async fn retention_reads_version_numbers_and_the_stamps_asked_for(store: Arc<dyn Store>) {
+    for n in 1..=12 {
+        write(&*store, T, "r", n).await.unwrap();
+    }
+    let prune = Commit {
+        record: record("r", 12, 12),
+        versions: vec![],
+        expected_latest: 12,
+        prune: vec![2, 5],
+    };
+    store.commit(T, &prune).await.unwrap();
+    assert_eq!(
+        store.version_numbers(T, "r").await.unwrap(),
+        vec![1, 3, 4, 6, 7, 8, 9, 10, 11, 12]
+    );
+    let all = store.version_stamps(T, "r").await.unwrap();
+    let stamp = |n: u64| *all.iter().find(|v| v.version == n).unwrap();
+    assert_eq!(
+        store.stamps_of(T, "r", &[11, 2, 1]).await.unwrap(),
+        vec![stamp(11), stamp(1)],
+        "a pruned version is skipped"
+    );
+    assert!(store.stamps_of(T, "r", &[]).await.unwrap().is_empty());
+    assert!(store.version_numbers(T, "none").await.unwrap().is_empty());
+    assert!(store.stamps_of(T, "none", &[1]).await.unwrap().is_empty());
+}
+
 async fn delete_removes_everything(store: Arc<dyn Store>) {
     write(&*store, T, "d/x", 1).await.unwrap();
     write(&*store, T, "d/x", 2).await.unwrap();
@@ -1061,6 +1091,7 @@ conformance!(
     reads_what_it_commits,
     stale_writes_conflict_and_change_nothing,
     metadata_only_commits_and_pruning,
+    retention_reads_version_numbers_and_the_stamps_asked_for,
     delete_removes_everything,
     lists_by_prefix_in_order_after_a_cursor,
     tenants_are_isolated,
@@ -1203,6 +1234,25 @@ async fn redis_store_reads_and_writes_records_from_before_rev_and_cur() {
     assert!(!rec.revision.is_empty());
     assert_eq!(active.unwrap().version, 2);
     assert!(added(&mut raw).iter().all(Option::is_some));
+}
+
+/// An ACL user made by `redis-acl` before retention read version numbers
+/// (no `hkeys`) still gets them, from the stamps, instead of failing writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_lists_version_numbers_for_an_acl_user_without_hkeys() {
+    let server = support::RedisServer::start();
+    support::security::run_acl_line(&server, &format!("{} -hkeys", suite_acl_line()));
+    let store = RedisStore::with_security(
+        RedisTarget::Standalone(server.user_url("suite")),
+        acl_security(),
+    );
+    for n in 1..=3 {
+        write(&store, T, "old-acl", n).await.unwrap();
+    }
+    assert_eq!(
+        store.version_numbers(T, "old-acl").await.unwrap(),
+        vec![1, 2, 3]
+    );
 }
 
 #[tokio::test]

@@ -504,6 +504,19 @@ impl Store for CachedStore {
         self.inner.version_stamps(tenant, path).await
     }
 
+    async fn version_numbers(&self, tenant: &str, path: &str) -> Result<Vec<u64>, StoreError> {
+        self.inner.version_numbers(tenant, path).await
+    }
+
+    async fn stamps_of(
+        &self,
+        tenant: &str,
+        path: &str,
+        versions: &[u64],
+    ) -> Result<Vec<VersionStamp>, StoreError> {
+        self.inner.stamps_of(tenant, path, versions).await
+    }
+
     async fn commit_all_once(
         &self,
         tenant: &str,

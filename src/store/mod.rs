@@ -324,6 +324,32 @@ pub trait Store: Send + Sync + 'static {
             .collect())
     }
 
+    /// The numbers of a secret's stored versions, in ascending order: all
+    /// that history retention needs while it only counts versions, so a
+    /// store may skip reading them.
+    async fn version_numbers(&self, tenant: &str, path: &str) -> Result<Vec<u64>, StoreError> {
+        Ok(self
+            .version_stamps(tenant, path)
+            .await?
+            .iter()
+            .map(|v| v.version)
+            .collect())
+    }
+
+    /// The stamps of those of `versions` that are stored, in the order given.
+    async fn stamps_of(
+        &self,
+        tenant: &str,
+        path: &str,
+        versions: &[u64],
+    ) -> Result<Vec<VersionStamp>, StoreError> {
+        let stored = self.version_stamps(tenant, path).await?;
+        Ok(versions
+            .iter()
+            .filter_map(|n| stored.iter().find(|v| v.version == *n).copied())
+            .collect())
+    }
+
     /// Applies every commit, or none of them if any expectation fails. The
     /// commits must name distinct paths.
     async fn commit_all(&self, tenant: &str, commits: &[Commit]) -> Result<(), StoreError> {

@@ -379,26 +379,70 @@ impl Vault {
         replaced: u64,
         now: DateTime<Utc>,
     ) -> Result<Vec<u64>, VaultError> {
-        let Some(existing) = self.retention_stamps(path).await? else {
-            return Ok(Vec::new());
-        };
-        Ok(self.prune_of(&existing, new_version, replaced, now))
+        match self.retention_history(path).await? {
+            Some(history) => self.prune(path, history, new_version, replaced, now).await,
+            None => Ok(Vec::new()),
+        }
     }
 
-    /// The stamps of `path`'s stored versions, if history retention is on.
-    pub(super) async fn retention_stamps(
+    /// What retention must know of `path`'s stored versions before a write,
+    /// if history retention is on.
+    pub(super) async fn retention_history(
         &self,
         path: &SecretPath,
-    ) -> Result<Option<Vec<VersionStamp>>, VaultError> {
-        let limits = self.limits;
-        if limits.max_versions == 0 && limits.max_version_age.is_none() {
+    ) -> Result<Option<History>, VaultError> {
+        let (tenant, limits) = (&self.workload.tenant, self.limits);
+        if limits.max_version_age.is_some() {
+            let stamps = self.store.version_stamps(tenant, path.as_str()).await?;
+            return Ok(Some(History::Stamps(stamps)));
+        }
+        if limits.max_versions == 0 {
             return Ok(None);
         }
-        Ok(Some(
-            self.store
-                .version_stamps(&self.workload.tenant, path.as_str())
-                .await?,
-        ))
+        let numbers = self.store.version_numbers(tenant, path.as_str()).await?;
+        Ok(Some(History::Numbers(numbers)))
+    }
+
+    /// [`Self::prune_of`] on a [`History`]: from numbers alone, the stamps
+    /// of the oldest versions are read, a few at a time, only while the
+    /// history is over the count and until enough of them may go.
+    pub(super) async fn prune(
+        &self,
+        path: &SecretPath,
+        history: History,
+        new_version: u64,
+        replaced: u64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<u64>, VaultError> {
+        let numbers = match history {
+            History::Stamps(existing) => {
+                return Ok(self.prune_of(&existing, new_version, replaced, now))
+            }
+            History::Numbers(numbers) => numbers,
+        };
+        let adding = usize::from(!numbers.contains(&new_version));
+        let excess = (numbers.len() + adding).saturating_sub(self.limits.max_versions);
+        let candidates: Vec<u64> = numbers
+            .into_iter()
+            .filter(|v| *v != new_version && *v != replaced)
+            .collect();
+        let (mut remaining, mut prune) = (excess, Vec::new());
+        for chunk in candidates.chunks(excess.max(1)) {
+            if remaining == 0 {
+                break;
+            }
+            let stamps = self
+                .store
+                .stamps_of(&self.workload.tenant, path.as_str(), chunk)
+                .await?;
+            // A version gone since the numbers were read was dropped by a
+            // racing write: it no longer counts, and nothing newer goes for it.
+            remaining = remaining.saturating_sub(chunk.len() - stamps.len());
+            let dropping = over_count(&stamps, remaining, |v| kept(v, new_version, replaced, now));
+            remaining -= dropping.len();
+            prune.extend(dropping);
+        }
+        Ok(prune)
     }
 
     /// Of the `existing` versions, those history retention drops when
@@ -413,23 +457,13 @@ impl Vault {
         now: DateTime<Utc>,
     ) -> Vec<u64> {
         let limits = self.limits;
-        let kept = |v: &VersionStamp| {
-            v.version == new_version
-                || v.version == replaced
-                || v.expires_at.is_some_and(|at| at > now)
-        };
+        let kept = |v: &VersionStamp| kept(v, new_version, replaced, now);
         let mut prune = Vec::new();
         if limits.max_versions > 0 {
             // The new version counts once, whether or not it is stored already.
             let adding = usize::from(!existing.iter().any(|v| v.version == new_version));
-            let mut excess = (existing.len() + adding).saturating_sub(limits.max_versions);
-            for v in existing.iter().filter(|v| !kept(v)) {
-                if excess == 0 {
-                    break;
-                }
-                prune.push(v.version);
-                excess -= 1;
-            }
+            let excess = (existing.len() + adding).saturating_sub(limits.max_versions);
+            prune = over_count(existing, excess, kept);
         }
         if let Some(age) = limits
             .max_version_age
@@ -521,4 +555,34 @@ impl Vault {
             }
         }
     }
+}
+
+/// What history retention reads of a secret's stored versions before a write.
+pub(super) enum History {
+    /// Every version's stamp, oldest first: retention dates versions
+    /// (`max_version_age`).
+    Stamps(Vec<VersionStamp>),
+    /// Only their numbers, ascending: retention only counts versions, so the
+    /// stamps of the few it may drop are read once it knows it must drop some.
+    Numbers(Vec<u64>),
+}
+
+/// Whether retention keeps `v` whatever the limits: the version being
+/// written, the one it replaces, and one still in a grace period.
+fn kept(v: &VersionStamp, new_version: u64, replaced: u64, now: DateTime<Utc>) -> bool {
+    v.version == new_version || v.version == replaced || v.expires_at.is_some_and(|at| at > now)
+}
+
+/// The count rule: the first `excess` of `oldest_first` that are not kept.
+fn over_count(
+    oldest_first: &[VersionStamp],
+    excess: usize,
+    kept: impl Fn(&VersionStamp) -> bool,
+) -> Vec<u64> {
+    oldest_first
+        .iter()
+        .filter(|v| !kept(v))
+        .take(excess)
+        .map(|v| v.version)
+        .collect()
 }

@@ -34,12 +34,13 @@ use zeroize::Zeroizing;
 
 use self::access::{resource, Access};
 use self::idempotency::Once;
+use self::lifecycle::History;
 use crate::audit::{Auditor, EventKind};
 use crate::crypto::{Binding, CryptoError, TenantCipher};
 use crate::identity::{Caller, WorkloadIdentity};
 use crate::model::{
     is_path_char, timestamp, SecretPath, SecretRecord, SecretType, Tier, VersionRecord,
-    VersionStamp, MAX_PATH_LEN,
+    MAX_PATH_LEN,
 };
 use crate::policy::{Action, PolicyEngine, Resource};
 use crate::store::{
@@ -505,8 +506,8 @@ impl Vault {
                 .retrying(|| async {
                     // One round trip for both: the versions retention may
                     // prune are read beside the record.
-                    let (current, stamps) =
-                        tokio::try_join!(self.record(&path), self.retention_stamps(&path))?;
+                    let (current, history) =
+                        tokio::try_join!(self.record(&path), self.retention_history(&path))?;
                     self.authorize_claim(
                         &access,
                         Action::Write,
@@ -532,7 +533,7 @@ impl Vault {
                     // commit; one that lost a race reserves it first.
                     let reserve = attempts.fetch_add(1, Ordering::Relaxed) > 0;
                     let write = self
-                        .plan_version(&path, (current, stamps), &req, once, caller, reserve)
+                        .plan_version(&path, (current, history), &req, once, caller, reserve)
                         .await?;
                     let version = write.version.version;
                     let raced = version != latest + 1;
@@ -581,7 +582,7 @@ impl Vault {
     }
 
     /// The write of `req` as a new version, given the path's current record
-    /// and its versions' stamps (when retention is on): its number, sealed
+    /// and what retention read of its history (when it is on): its number, sealed
     /// under that number, the changes to apply to whatever record is current
     /// when it commits, and the versions retention drops. The number is the one after `current`'s, claimed by the
     /// commit itself, unless `reserve`: then reserved in the store first, so
@@ -589,7 +590,7 @@ impl Vault {
     async fn plan_version(
         &self,
         path: &SecretPath,
-        (current, stamps): (Option<SecretRecord>, Option<Vec<VersionStamp>>),
+        (current, history): (Option<SecretRecord>, Option<History>),
         req: &PutRequest,
         once: Option<&Once<'_>>,
         caller: &Caller,
@@ -605,8 +606,8 @@ impl Vault {
         };
         let sealed = self.seal(path, version, req.value.expose())?;
         let replaced = current.as_ref().map_or(0, |r| r.active_version);
-        let prune = match (&current, stamps) {
-            (Some(_), Some(stamps)) => self.prune_of(&stamps, version, replaced, now),
+        let prune = match (&current, history) {
+            (Some(_), Some(history)) => self.prune(path, history, version, replaced, now).await?,
             _ => Vec::new(),
         };
         let initial = self.next_record(None, path, req, version, now);
