@@ -129,6 +129,9 @@ fn socket_setup(socket: &Path) -> impl Fn() -> BoxFuture<'static, Connection> + 
     }
 }
 
+/// One request of the load on a sidecar connection, for key `k`.
+type Request = for<'a> fn(&'a mut Connection, usize) -> BoxFuture<'a, ()>;
+
 fn sidecar_get(conn: &mut Connection, k: usize) -> BoxFuture<'_, ()> {
     Box::pin(async move {
         let reply = conn
@@ -382,19 +385,15 @@ fn main() {
         // PROFILE=warm|cold|put: only that load, five rounds, on a sidecar
         // whose pid is printed for a profiler to attach to.
         if let Ok(op) = std::env::var("PROFILE") {
-            let (socket, pid, put) = match op.as_str() {
-                "warm" => (&warm_socket, warm.0.id(), false),
-                "cold" => (&cold_socket, cold.0.id(), false),
-                "put" => (&warm_socket, warm.0.id(), true),
+            let (socket, pid, request): (_, _, Request) = match op.as_str() {
+                "warm" => (&warm_socket, warm.0.id(), sidecar_get),
+                "cold" => (&cold_socket, cold.0.id(), sidecar_get),
+                "put" => (&warm_socket, warm.0.id(), sidecar_put),
                 other => panic!("PROFILE={other}: expected warm, cold or put"),
             };
             println!("profiling {op}: sidecar pid {pid}");
             for _ in 0..5 {
-                let ops = if put {
-                    measure(socket_setup(socket), sidecar_put).await
-                } else {
-                    measure(socket_setup(socket), sidecar_get).await
-                };
+                let ops = measure(socket_setup(socket), request).await;
                 println!("{op}: {ops:.0} ops/s");
             }
             return;
@@ -448,22 +447,21 @@ fn main() {
         println!();
         println!("CPU per request, Redis and sidecar ({CPU_READS} requests, {CONCURRENCY} connections, audit appends included)");
         println!("{:<20}{:>12}{:>12}{:>12}  commands per request", "request", "command µs", "Redis µs", "sidecar µs");
-        let (warm_pid, cold_pid) = (warm.0.id(), cold.0.id());
-        for (name, socket, pid) in [("sidecar GET, warm", &warm_socket, warm_pid), ("sidecar GET, cold", &cold_socket, cold_pid)] {
-            let ticks = cpu_ticks(pid);
-            let (command_us, process_us, per_read) =
-                redis_cost(&mut redis, true, run_count(socket_setup(socket), sidecar_get, CPU_READS)).await;
-            let sidecar_us = per_request_us(cpu_ticks(pid) - ticks);
-            println!("{name:<20}{command_us:>12.2}{process_us:>12.2}{sidecar_us:>12.2}  {per_read}");
-        }
         let (command_us, process_us, per_read) =
             redis_cost(&mut redis, false, run_count(redis_setup(url.clone()), redis_get, CPU_READS)).await;
         println!("{:<20}{command_us:>12.2}{process_us:>12.2}{:>12}  {per_read}", "raw Redis GET", "");
-        let ticks = cpu_ticks(warm_pid);
-        let (command_us, process_us, per_write) =
-            redis_cost(&mut redis, true, run_count(socket_setup(&warm_socket), sidecar_put, CPU_READS)).await;
-        let sidecar_us = per_request_us(cpu_ticks(warm_pid) - ticks);
-        println!("{:<20}{command_us:>12.2}{process_us:>12.2}{sidecar_us:>12.2}  {per_write}", "sidecar PUT");
+        let rows: [(&str, &Path, u32, Request); 3] = [
+            ("sidecar GET, warm", &warm_socket, warm.0.id(), sidecar_get),
+            ("sidecar GET, cold", &cold_socket, cold.0.id(), sidecar_get),
+            ("sidecar PUT", &warm_socket, warm.0.id(), sidecar_put),
+        ];
+        for (name, socket, pid, request) in rows {
+            let ticks = cpu_ticks(pid);
+            let (command_us, process_us, per_request) =
+                redis_cost(&mut redis, true, run_count(socket_setup(socket), request, CPU_READS)).await;
+            let sidecar_us = per_request_us(cpu_ticks(pid) - ticks);
+            println!("{name:<20}{command_us:>12.2}{process_us:>12.2}{sidecar_us:>12.2}  {per_request}");
+        }
 
         // Invalidation latency: A's PUT returns; B had the old value cached; how
         // long until B answers the new one.
