@@ -120,7 +120,7 @@ impl<'de> Deserialize<'de> for EventKind {
 /// value, a token or free text from a request body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEvent {
-    #[serde(serialize_with = "super::timestamp::serialize")]
+    #[serde(with = "super::timestamp")]
     pub ts: DateTime<Utc>,
     pub event: EventKind,
     /// The caller's effective SPIFFE ID (`…/<agent>[/<role>]`).

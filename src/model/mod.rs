@@ -117,12 +117,16 @@ pub struct SecretRecord {
     pub scope: Option<String>,
     /// The agent-level SPIFFE ID of the workload that first wrote the secret.
     pub owner: String,
-    #[serde(serialize_with = "timestamp::serialize")]
+    #[serde(with = "timestamp")]
     pub created_at: DateTime<Utc>,
-    #[serde(serialize_with = "timestamp::serialize")]
+    #[serde(with = "timestamp")]
     pub updated_at: DateTime<Utc>,
     /// When the active version stops being readable.
-    #[serde(serialize_with = "timestamp::serialize_opt")]
+    #[serde(
+        default,
+        serialize_with = "timestamp::serialize_opt",
+        deserialize_with = "timestamp::deserialize_opt"
+    )]
     pub expires_at: Option<DateTime<Utc>>,
     /// For versions no longer active: the secret's `expires_at` as it stood
     /// when they stopped being active, which still bounds reads by number.
@@ -168,14 +172,15 @@ impl SecretRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VersionRecord {
     pub version: u64,
-    #[serde(serialize_with = "timestamp::serialize")]
+    #[serde(with = "timestamp")]
     pub created_at: DateTime<Utc>,
     pub sealed: Sealed,
     /// Set when a rotation gave this version a grace period.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        serialize_with = "timestamp::serialize_opt"
+        serialize_with = "timestamp::serialize_opt",
+        deserialize_with = "timestamp::deserialize_opt"
     )]
     pub expires_at: Option<DateTime<Utc>>,
 }
@@ -196,8 +201,9 @@ impl VersionRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub struct VersionStamp {
     pub version: u64,
+    #[serde(deserialize_with = "timestamp::deserialize")]
     pub created_at: DateTime<Utc>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "timestamp::deserialize_opt")]
     pub expires_at: Option<DateTime<Utc>>,
 }
 
