@@ -504,8 +504,8 @@ impl Vault {
         self.at_most_once(once, || async {
             let written = self
                 .retrying(|| async {
-                    // One round trip for both: the versions retention may
-                    // prune are read beside the record.
+                    // One round trip for both: what retention reads of the
+                    // history is read beside the record.
                     let (current, history) =
                         tokio::try_join!(self.record(&path), self.retention_history(&path))?;
                     self.authorize_claim(
