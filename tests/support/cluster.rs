@@ -26,7 +26,15 @@ fn connection(port: u16) -> redis::Connection {
 impl RedisCluster {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
+        // Each free port is found on its own, so the kernel may hand the
+        // same one out twice: keep asking until the nodes' ports differ.
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < usize::from(NODES) {
+            let port = free_port();
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
+        }
         let mut children = Vec::new();
         for port in &ports {
             let node_dir = dir.path().join(port.to_string());
