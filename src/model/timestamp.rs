@@ -150,7 +150,7 @@ impl<'de> Deserialize<'de> for Read {
 
 /// For `#[serde(deserialize_with = "timestamp::deserialize")]`.
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
-    d.deserialize_str(Visitor)
+    Read::deserialize(d).map(|read| read.0)
 }
 
 /// For `#[serde(default, deserialize_with = "timestamp::deserialize_opt")]`
@@ -167,6 +167,13 @@ mod tests {
         super::serialize(at, serde_json::value::Serializer).unwrap()
     }
 
+    /// `secs` and `nanos` with the nanoseconds rounded to the precision
+    /// `round` picks: nano, micro, milli or whole seconds.
+    fn instant(secs: i64, nanos: u32, round: usize) -> chrono::DateTime<chrono::Utc> {
+        let nanos = nanos - nanos % [1, 1_000, 1_000_000, 1_000_000_000][round];
+        chrono::DateTime::from_timestamp(secs, nanos).unwrap()
+    }
+
     proptest! {
         /// Byte for byte what chrono's own `Serialize` writes, for every
         /// precision AutoSi picks (whole seconds, milli, micro, nano).
@@ -176,8 +183,7 @@ mod tests {
             nanos in 0u32..1_000_000_000,
             round in 0usize..4,
         ) {
-            let nanos = nanos - nanos % [1, 1_000, 1_000_000, 1_000_000_000][round];
-            let at = chrono::DateTime::from_timestamp(secs, nanos).unwrap();
+            let at = instant(secs, nanos, round);
             prop_assert_eq!(ours(&at), serde_json::to_value(at).unwrap());
         }
     }
@@ -198,8 +204,7 @@ mod tests {
             nanos in 0u32..1_000_000_000,
             round in 0usize..4,
         ) {
-            let nanos = nanos - nanos % [1, 1_000, 1_000_000, 1_000_000_000][round];
-            let at = chrono::DateTime::from_timestamp(secs, nanos).unwrap();
+            let at = instant(secs, nanos, round);
             let written = ours(&at);
             prop_assert_eq!(read(written.as_str().unwrap()), Ok(at));
         }

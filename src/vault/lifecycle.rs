@@ -420,8 +420,7 @@ impl Vault {
             }
             History::Numbers(numbers) => numbers,
         };
-        let adding = usize::from(!numbers.contains(&new_version));
-        let excess = (numbers.len() + adding).saturating_sub(self.limits.max_versions);
+        let excess = self.over_limit(numbers.len(), numbers.contains(&new_version));
         let candidates: Vec<u64> = numbers
             .into_iter()
             .filter(|v| *v != new_version && *v != replaced)
@@ -460,10 +459,8 @@ impl Vault {
         let kept = |v: &VersionStamp| kept(v, new_version, replaced, now);
         let mut prune = Vec::new();
         if limits.max_versions > 0 {
-            // The new version counts once, whether or not it is stored already.
-            let adding = usize::from(!existing.iter().any(|v| v.version == new_version));
-            let excess = (existing.len() + adding).saturating_sub(limits.max_versions);
-            prune = over_count(existing, excess, kept);
+            let stored_new = existing.iter().any(|v| v.version == new_version);
+            prune = over_count(existing, self.over_limit(existing.len(), stored_new), kept);
         }
         if let Some(age) = limits
             .max_version_age
@@ -478,6 +475,12 @@ impl Vault {
             prune.extend(aged);
         }
         prune
+    }
+
+    /// How many of `stored` versions the count rule drops when a new version
+    /// is written: the new one counts once, whether or not it is stored already.
+    fn over_limit(&self, stored: usize, stored_new: bool) -> usize {
+        (stored + usize::from(!stored_new)).saturating_sub(self.limits.max_versions)
     }
 
     /// Applies history retention to `path` as it stands now. A write that
