@@ -12,7 +12,10 @@
 //! sidecar B (which had the old value cached) answers the new one, p50/p99.
 //! Prints tables of ratios. Run with `cargo bench --bench throughput`;
 //! `PROFILE=warm|cold|put` runs only that load, on a sidecar whose pid it
-//! prints, for a profiler (`perf record -p PID`).
+//! prints, for a profiler (`perf record -p PID`). With `COMPARE=path` as well,
+//! it runs that load on a second sidecar started from the binary at `path`
+//! (another build) on the same Redis, alternating rounds between the two, and
+//! prints each one's requests/s and CPU per request: an A/B in one run.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -208,6 +211,7 @@ fn bare_hyper(socket: &Path) {
 }
 
 fn sidecar(
+    bin: &Path,
     dir: &Path,
     name: &str,
     url: &str,
@@ -215,7 +219,7 @@ fn sidecar(
     extra: &[&str],
 ) -> (Guard, std::path::PathBuf) {
     let socket = dir.join(format!("{name}.sock"));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agentvault"));
+    let mut cmd = Command::new(bin);
     cmd.args(["dev", "--metrics-addr", "off", "--redis-url", url])
         // One caller drives the load: measure serving, not the limiter.
         .args(["--rate-limit", "0", "--expiry-check-interval", "1h"])
@@ -336,6 +340,11 @@ async fn redis_cost(
     )
 }
 
+/// CPU ticks spent over one `measure` round of `ops` requests/s, as µs per request.
+fn ticks_per_op(ticks: u64, ops: f64) -> f64 {
+    ticks as f64 * 10_000.0 / (ops * (MEASURE + WARMUP).as_secs_f64())
+}
+
 /// CPU ticks spent on `CPU_READS` requests, as µs per request.
 fn per_request_us(ticks: u64) -> f64 {
     ticks as f64 * 10_000.0 / CPU_READS as f64
@@ -354,8 +363,10 @@ fn main() {
     // Two sidecars of one agent on one Redis and keyring: B caches (the
     // default), A does not. A writes, B reads.
     let keyring = dir.path().join("keyring.json");
-    let (warm, warm_socket) = sidecar(dir.path(), "warm", &url, &keyring, &[]);
+    let this_build = Path::new(env!("CARGO_BIN_EXE_agentvault"));
+    let (warm, warm_socket) = sidecar(this_build, dir.path(), "warm", &url, &keyring, &[]);
     let (cold, cold_socket) = sidecar(
+        this_build,
         dir.path(),
         "cold",
         &url,
@@ -392,9 +403,27 @@ fn main() {
                 other => panic!("PROFILE={other}: expected warm, cold or put"),
             };
             println!("profiling {op}: sidecar pid {pid}");
+            // COMPARE=path: the same load on a sidecar of another build, round by round.
+            let other = std::env::var_os("COMPARE").map(|bin| {
+                let uncached: &[&str] = if op == "cold" { &["--cache-max-entries", "0"] } else { &[] };
+                sidecar(Path::new(&bin), dir.path(), "compare", &url, &keyring, uncached)
+            });
             for _ in 0..5 {
+                let ticks = cpu_ticks(pid);
                 let ops = measure(socket_setup(socket), request).await;
-                println!("{op}: {ops:.0} ops/s");
+                let cpu = ticks_per_op(cpu_ticks(pid) - ticks, ops);
+                match &other {
+                    None => println!("{op}: {ops:.0} ops/s, {cpu:.1} µs CPU per request"),
+                    Some((guard, other_socket)) => {
+                        let ticks = cpu_ticks(guard.0.id());
+                        let other_ops = measure(socket_setup(other_socket), request).await;
+                        let other_cpu = ticks_per_op(cpu_ticks(guard.0.id()) - ticks, other_ops);
+                        println!(
+                            "{op}: this build {ops:.0} ops/s, {cpu:.1} µs CPU/request; COMPARE {other_ops:.0} ops/s, {other_cpu:.1} µs; ratio {:.3}",
+                            ops / other_ops
+                        );
+                    }
+                }
             }
             return;
         }

@@ -1,5 +1,6 @@
 //! Connection limits of the socket server, against a real `agentvault dev`:
-//! slowloris clients are cut off after the header timeout, idle keep-alive
+//! slowloris clients are cut off after the header timeout (timed from a
+//! head's first byte), idle keep-alive
 //! connections after the idle timeout, connections over the overall or
 //! per-uid cap are answered 503, and with the file limit reached a new client
 //! still gets an answer while the log stays quiet.
@@ -98,6 +99,38 @@ async fn fifty_slowloris_clients_are_cut_off_after_the_header_timeout() {
     }
     // The sidecar still serves everyone else.
     assert_eq!(get(&sc.client(), "/v1/health").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_clock_runs_from_a_heads_first_byte_until_it_is_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let sc = sidecar(
+        dir.path(),
+        &["--header-timeout", "1s", "--idle-timeout", "1h"],
+    );
+    let mut s = UnixStream::connect(&sc.socket).unwrap();
+    // Waiting for a first request is idle time, not header time.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(request(&mut s).starts_with("HTTP/1.1 200"));
+    // A head split over two reads, completed in time, is served.
+    let (start, rest) = HEALTH.split_at(20);
+    s.write_all(start).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    s.write_all(rest).unwrap();
+    let mut answer = [0u8; 12];
+    s.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    let (_, closed) = read_until_closed(&mut s, Instant::now() + Duration::from_millis(300));
+    assert!(!closed);
+    // Its clock stopped with it: a keep-alive wait past the header timeout
+    // does not cut the connection.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(request(&mut s).starts_with("HTTP/1.1 200"));
+    // A second split head, left incomplete, is cut off.
+    s.write_all(start).unwrap();
+    let (got, closed) = read_until_closed(&mut s, Instant::now() + Duration::from_secs(10));
+    assert!(closed, "an incomplete head was never cut off");
+    assert!(got.is_empty(), "nothing is answered to a head never completed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

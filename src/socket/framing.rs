@@ -21,6 +21,12 @@
 //! hyper rejects itself, with its own 400 and a close) is passed through
 //! untouched from there on.
 //!
+//! The same guard times request heads for the header timeout
+//! ([`HeadClock`]): the clock starts when a head arrives split over reads and
+//! stops when it is complete, and the server cuts a connection whose head has
+//! been pending too long (slowloris). A head that arrives in one read, the
+//! usual case, is never timed, so a request costs no clock read and no timer.
+//!
 //! Cost on the hot path: one `httparse` pass over each request head (no copy
 //! of the head unless it arrives split over several reads) and a counter per
 //! body read.
@@ -28,8 +34,10 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
@@ -269,6 +277,70 @@ fn chunked(mut chunk: Chunk, bytes: &[u8]) -> (usize, State) {
     (at, State::Chunked(chunk))
 }
 
+/// When the request head being read began, if it is incomplete: what the
+/// header timeout measures. Trickling more bytes of the same head does not
+/// restart it; a connection waiting for its next request has no head
+/// pending (the idle timeout covers that wait).
+#[derive(Debug)]
+pub struct HeadClock {
+    epoch: Instant,
+    /// Milliseconds after `epoch`, plus one, when the pending head began; 0: none.
+    begun: AtomicU64,
+}
+
+impl HeadClock {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            begun: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.begun.store(now + 1, Ordering::Relaxed);
+    }
+
+    fn finish(&self) {
+        self.begun.store(0, Ordering::Relaxed);
+    }
+
+    fn pending_for(&self) -> Option<Duration> {
+        match self.begun.load(Ordering::Relaxed) {
+            0 => None,
+            begun => Some(
+                self.epoch
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(begun - 1)),
+            ),
+        }
+    }
+
+    /// Resolves once a head has been pending for `timeout`; a timer runs
+    /// only while a head is pending.
+    ///
+    /// A head begins only inside a read of the [`Framed`] stream, so this
+    /// must be polled by the task that polls the connection, after it (a
+    /// `biased` select with the connection first): while no head is
+    /// pending it waits without a waker of its own, and is polled again
+    /// whenever the connection's reads wake the task.
+    pub async fn overdue(&self, timeout: Duration) {
+        loop {
+            match self.pending_for() {
+                Some(pending) if pending >= timeout => return,
+                Some(pending) => tokio::time::sleep(timeout - pending).await,
+                None => {
+                    std::future::poll_fn(|_| match self.pending_for() {
+                        Some(_) => Poll::Ready(()),
+                        None => Poll::Pending,
+                    })
+                    .await
+                }
+            }
+        }
+    }
+}
+
 /// The accepted stream, as hyper reads and writes it, with request framing
 /// checked on the way in (see the module's documentation).
 pub struct Framed<S> {
@@ -283,6 +355,7 @@ pub struct Framed<S> {
     /// The 400 still to write, and how much of it is written.
     answer: Option<(Vec<u8>, usize)>,
     refusals: Arc<Notify>,
+    head: Arc<HeadClock>,
 }
 
 impl<S> Framed<S> {
@@ -295,7 +368,13 @@ impl<S> Framed<S> {
             refused: false,
             answer: None,
             refusals: Arc::new(Notify::new()),
+            head: Arc::new(HeadClock::new()),
         }
+    }
+
+    /// Times the head being read, for the server's header timeout.
+    pub fn head_clock(&self) -> Arc<HeadClock> {
+        self.head.clone()
     }
 
     /// Notified once when a request is refused; the server then shuts the
@@ -313,14 +392,25 @@ impl<S> Framed<S> {
         );
     }
 
-    /// Applies a verdict on `held` (which starts at a head or inside a body).
+    /// Applies a verdict on `held` (which starts at a head pending since the
+    /// clock began).
     fn judge_held(&mut self) {
         match self.scanner.scan(&self.held) {
-            Verdict::Pass => self.ready = self.held.len(),
-            Verdict::Partial(n) => self.ready = n,
+            Verdict::Pass => {
+                self.ready = self.held.len();
+                self.head.finish();
+            }
+            // The same head, still incomplete: its clock runs on.
+            Verdict::Partial(0) => self.ready = 0,
+            // Complete, and the next one begun.
+            Verdict::Partial(n) => {
+                self.ready = n;
+                self.head.begin();
+            }
             Verdict::Refuse(n) => {
                 self.ready = n;
                 self.refuse(n);
+                self.head.finish();
             }
         }
     }
@@ -360,6 +450,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Framed<S> {
                     Verdict::Partial(n) => {
                         this.held
                             .extend_from_slice(&buf.filled()[before + n..filled]);
+                        this.head.begin();
                         n
                     }
                     Verdict::Refuse(n) => {
@@ -384,6 +475,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Framed<S> {
             if got == 0 {
                 // The client stopped mid-head: hyper sees what it sent, then the end.
                 this.scanner.state = State::Off;
+                this.head.finish();
                 this.ready = this.held.len();
                 continue;
             }

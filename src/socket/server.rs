@@ -2,8 +2,9 @@
 //! every connection with the caller's kernel credentials, serves HTTP/1.1, and
 //! drains in-flight requests on shutdown before removing the socket.
 //!
-//! Every connection is bounded ([`ConnectionLimits`]): its request headers
-//! must arrive within `header_timeout` (slowloris clients are cut off), an
+//! Every connection is bounded ([`ConnectionLimits`]): a request's headers
+//! must be complete within `header_timeout` of their first byte (slowloris
+//! clients are cut off), an
 //! idle keep-alive connection is closed after `idle_timeout`, and at most
 //! `max_connections` are open at once, `max_per_uid` of them for any one uid.
 //! A client over a cap is answered `503 unavailable` (the contract's JSON
@@ -46,8 +47,8 @@ const MAX_REFUSING: usize = 64;
 /// Limits on the socket's connections (`limits.*` in the config file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
-    /// A request's headers must be complete this long after the server
-    /// starts waiting for them.
+    /// A request's headers must be complete this long after their first
+    /// byte arrived (the wait before it is the idle timeout's).
     pub header_timeout: Duration,
     /// A keep-alive connection with no request in flight is closed after this.
     pub idle_timeout: Duration,
@@ -416,19 +417,29 @@ async fn serve_connection(
     // refused beneath hyper, which cannot be told to (see `framing`).
     let stream = Framed::new(stream);
     let refusals = stream.refusals();
+    // The header timeout is timed by the framing guard, which sees a head
+    // split over reads; hyper's own would arm a timer for every request.
+    let head = stream.head_clock();
     let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        .header_read_timeout(None)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let mut closing = false;
     let ended = loop {
         tokio::select! {
+            // The connection first: the head clock is read after each of its reads.
+            biased;
             ended = conn.as_mut() => break ended,
             // Earlier requests are answered first; the 400 goes out last.
             () = refusals.notified(), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
+            }
+            // Cut off without an answer, as slowloris clients get nothing.
+            () = head.overdue(limits.header_timeout) => {
+                telemetry.timed_out("header");
+                tracing::debug!(uid = slot.uid, "connection closed: request headers too slow");
+                break Ok(());
             }
             () = activity.idle_for(limits.idle_timeout), if !closing => {
                 telemetry.timed_out("idle");
@@ -442,15 +453,7 @@ async fn serve_connection(
         }
     };
     if let Err(e) = ended {
-        if e.is_timeout() {
-            telemetry.timed_out("header");
-            tracing::debug!(
-                uid = slot.uid,
-                "connection closed: request headers too slow"
-            );
-        } else {
-            tracing::debug!(error = %e, "connection ended with an error");
-        }
+        tracing::debug!(error = %e, "connection ended with an error");
     }
     drop(slot);
     telemetry.closed();
