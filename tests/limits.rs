@@ -130,7 +130,10 @@ async fn the_header_clock_runs_from_a_heads_first_byte_until_it_is_complete() {
     s.write_all(start).unwrap();
     let (got, closed) = read_until_closed(&mut s, Instant::now() + Duration::from_secs(10));
     assert!(closed, "an incomplete head was never cut off");
-    assert!(got.is_empty(), "nothing is answered to a head never completed");
+    assert!(
+        got.is_empty(),
+        "nothing is answered to a head never completed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
