@@ -143,6 +143,57 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
+    /// The event as JSON, byte for byte what `serde_json::to_vec` writes
+    /// (the stored form, read back with `Deserialize`), without
+    /// `serde_json`'s per-byte string escaping: every access writes one.
+    pub fn to_json(&self) -> Vec<u8> {
+        use super::json::{key, opt_int, opt_string, string, strings};
+        let mut out = Vec::with_capacity(256);
+        out.push(b'{');
+        key(&mut out, "ts");
+        super::timestamp::write_json(&self.ts, &mut out);
+        out.push(b',');
+        key(&mut out, "event");
+        string(&mut out, self.event.as_str());
+        out.push(b',');
+        key(&mut out, "spiffe_id");
+        string(&mut out, &self.spiffe_id);
+        out.push(b',');
+        key(&mut out, "role");
+        opt_string(&mut out, self.role.as_deref());
+        out.push(b',');
+        key(&mut out, "uid");
+        opt_int(&mut out, self.uid);
+        out.push(b',');
+        key(&mut out, "pid");
+        opt_int(&mut out, self.pid);
+        out.push(b',');
+        key(&mut out, "action");
+        opt_string(&mut out, self.action.as_deref());
+        out.push(b',');
+        key(&mut out, "path");
+        opt_string(&mut out, self.path.as_deref());
+        out.push(b',');
+        key(&mut out, "version");
+        opt_int(&mut out, self.version);
+        out.push(b',');
+        key(&mut out, "outcome");
+        string(&mut out, &self.outcome);
+        out.push(b',');
+        key(&mut out, "reasons");
+        strings(&mut out, &self.reasons);
+        out.push(b',');
+        key(&mut out, "request_id");
+        opt_string(&mut out, self.request_id.as_deref());
+        if !self.injected.is_empty() {
+            out.push(b',');
+            key(&mut out, "injected");
+            strings(&mut out, &self.injected);
+        }
+        out.push(b'}');
+        out
+    }
+
     pub fn action(mut self, action: &str) -> Self {
         self.action = Some(action.to_owned());
         self
@@ -219,4 +270,78 @@ pub struct AuditEntry {
     pub id: AuditId,
     #[serde(flatten)]
     pub event: AuditEvent,
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::{AuditEvent, EventKind};
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[a-z0-9/._:-]{0,30}",
+            "[\\x00-\\x7f]{0,12}"
+        ]
+    }
+
+    prop_compose! {
+        fn event()(
+            secs in -62_167_219_200i64..253_402_300_799,
+            nanos in 0u32..1_000_000_000,
+            kind in 0..EventKind::ALL.len(),
+            spiffe_id in text(),
+            role in proptest::option::of(text()),
+            uid in proptest::option::of(any::<u32>()),
+            pid in proptest::option::of(any::<i32>()),
+            action in proptest::option::of(text()),
+            path in proptest::option::of(text()),
+            version in proptest::option::of(any::<u64>()),
+            outcome in text(),
+            reasons in proptest::collection::vec(text(), 0..3),
+            request_id in proptest::option::of(text()),
+            injected in proptest::collection::vec(text(), 0..3),
+        ) -> AuditEvent {
+            AuditEvent {
+                ts: chrono::DateTime::from_timestamp(secs, nanos).unwrap(),
+                event: EventKind::ALL[kind],
+                spiffe_id, role, uid, pid, action, path, version, outcome, reasons,
+                request_id, injected,
+            }
+        }
+    }
+
+    proptest! {
+        /// The stored form is what `serde_json` writes, and reads back whole.
+        #[test]
+        fn to_json_writes_what_serde_json_writes(event in event()) {
+            let ours = event.to_json();
+            prop_assert_eq!(
+                String::from_utf8(ours.clone()).unwrap(),
+                serde_json::to_string(&event).unwrap()
+            );
+            prop_assert_eq!(serde_json::from_slice::<AuditEvent>(&ours).unwrap(), event);
+        }
+    }
+
+    #[test]
+    fn a_year_outside_four_digits_is_written_as_chrono_writes_it() {
+        let event = AuditEvent {
+            ts: chrono::DateTime::from_timestamp(-70_000_000_000, 5).unwrap(),
+            event: EventKind::Accessed,
+            spiffe_id: "spiffe://dev.local/a".into(),
+            role: None,
+            uid: Some(0),
+            pid: None,
+            action: Some("read".into()),
+            path: Some("a/b".into()),
+            version: Some(3),
+            outcome: "ok".into(),
+            reasons: vec![],
+            request_id: None,
+            injected: vec!["x".into()],
+        };
+        assert_eq!(event.to_json(), serde_json::to_vec(&event).unwrap());
+    }
 }

@@ -2,6 +2,7 @@
 //! paths, types, tiers and the records a store keeps (ciphertext and metadata only).
 
 pub mod audit;
+pub(crate) mod json;
 pub mod timestamp;
 
 use std::collections::BTreeMap;

@@ -70,6 +70,19 @@ pub fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Er
     }
 }
 
+/// `at` as a JSON string, as [`serialize`] gives it to `serde_json`.
+pub(crate) fn write_json(at: &DateTime<Utc>, out: &mut Vec<u8>) {
+    let mut buf = [0u8; MAX_LEN];
+    match write(at, &mut buf) {
+        Some(len) => {
+            out.push(b'"');
+            out.extend_from_slice(&buf[..len]);
+            out.push(b'"');
+        }
+        None => super::json::string(out, &at.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+    }
+}
+
 /// For `#[serde(serialize_with = "timestamp::serialize_opt")]`.
 pub fn serialize_opt<S: Serializer>(at: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
     match at {

@@ -17,7 +17,8 @@ use serde_json::json;
 
 use super::compat;
 use super::http::{
-    empty_response, full, json_response, Answer, ApiError, BodyReader, BoxError, Query,
+    empty_response, full, json_bytes_response, json_response, Answer, ApiError, BodyReader,
+    BoxError, Query,
 };
 use crate::audit::{AuditEntry, AuditEvent, EventKind};
 use crate::identity::{Caller, Peer, UnmappedCallers};
@@ -430,7 +431,7 @@ impl Api {
                     return Err(VaultError::invalid("version", "versions start at 1").into());
                 }
                 let secret = vault.get(caller, path, version).await?;
-                Ok(json_response(StatusCode::OK, &secret))
+                Ok(json_bytes_response(StatusCode::OK, secret.to_json()))
             }
             Method::HEAD => match vault.exists(caller, path).await? {
                 true => Ok(empty_response(StatusCode::OK)),

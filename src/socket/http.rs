@@ -157,7 +157,14 @@ pub fn json_response<T: Serialize + ?Sized>(
     status: StatusCode,
     body: &T,
 ) -> Response<ResponseBody> {
-    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    json_bytes_response(
+        status,
+        serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec()),
+    )
+}
+
+/// A response of JSON already written.
+pub fn json_bytes_response(status: StatusCode, bytes: Vec<u8>) -> Response<ResponseBody> {
     let mut response = Response::new(full(Bytes::from(bytes)));
     *response.status_mut() = status;
     response

@@ -597,7 +597,7 @@ impl Store for EmbeddedStore {
                     keep_answer_in(txn, t, once, now)?;
                 }
                 if let Some(audit) = &write.audit {
-                    let event = [encode(&audit.event)];
+                    let event = [audit.event.to_json()];
                     append_audit_in(txn, t, &event, audit.max_len.max(1) as u64)?;
                 }
                 Ok(WriteOutcome::Applied)
@@ -980,8 +980,10 @@ impl Store for EmbeddedStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let (tenant, raw): (String, Vec<Vec<u8>>) =
-            (tenant.to_owned(), events.iter().map(encode).collect());
+        let (tenant, raw): (String, Vec<Vec<u8>>) = (
+            tenant.to_owned(),
+            events.iter().map(AuditEvent::to_json).collect(),
+        );
         let max_len = max_len.max(1) as u64;
         let ids = self
             .write(move |txn| append_audit_in(txn, &tenant, &raw, max_len))

@@ -1022,7 +1022,7 @@ impl Store for RedisStore {
         let mut conn = self.conn().await?;
         let (idem_key, answer, ttl_ms) = once_args(tenant, write.idempotency.as_ref());
         let (event, max_len) = match &write.audit {
-            Some(a) => (encode(&a.event), a.max_len.max(1)),
+            Some(a) => (a.event.to_json(), a.max_len.max(1)),
             None => (Vec::new(), 1),
         };
         // The base, if the script may commit the write's outcome on it as is.
@@ -1380,7 +1380,7 @@ impl Store for RedisStore {
                 .arg(max_len.max(1))
                 .arg("*")
                 .arg("e")
-                .arg(encode(event));
+                .arg(event.to_json());
         }
         let ids: Vec<String> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
         ids.iter()

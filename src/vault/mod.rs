@@ -330,6 +330,65 @@ impl Serialize for Secret {
     }
 }
 
+impl Secret {
+    /// The answer to a read: byte for byte what `serde_json` writes for
+    /// [`Serialize`] above, without its per-byte string escaping (see
+    /// [`crate::model::json`]); every read writes one.
+    pub fn to_json(&self) -> Vec<u8> {
+        use crate::model::json::{key, opt_int, opt_string, string};
+        let m = &self.metadata;
+        let mut out = Vec::with_capacity(256 + self.value.0.len());
+        out.push(b'{');
+        key(&mut out, "path");
+        string(&mut out, &m.path);
+        out.push(b',');
+        key(&mut out, "version");
+        opt_int(&mut out, Some(m.version));
+        out.push(b',');
+        // Unit variants: a short fixed name each. Writing into a Vec cannot fail.
+        key(&mut out, "type");
+        let _ = serde_json::to_writer(&mut out, &m.secret_type);
+        out.push(b',');
+        key(&mut out, "tier");
+        let _ = serde_json::to_writer(&mut out, &m.tier);
+        out.push(b',');
+        key(&mut out, "description");
+        opt_string(&mut out, m.description.as_deref());
+        out.push(b',');
+        key(&mut out, "tags");
+        out.push(b'{');
+        for (i, (name, value)) in m.tags.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            string(&mut out, name);
+            out.push(b':');
+            string(&mut out, value);
+        }
+        out.push(b'}');
+        out.push(b',');
+        key(&mut out, "created_at");
+        timestamp::write_json(&m.created_at, &mut out);
+        out.push(b',');
+        key(&mut out, "updated_at");
+        timestamp::write_json(&m.updated_at, &mut out);
+        out.push(b',');
+        key(&mut out, "expires_at");
+        match &m.expires_at {
+            Some(at) => timestamp::write_json(at, &mut out),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.push(b',');
+        key(&mut out, "scope");
+        opt_string(&mut out, m.scope.as_deref());
+        out.push(b',');
+        key(&mut out, "value");
+        string(&mut out, &self.value.0);
+        out.push(b'}');
+        out
+    }
+}
+
 struct Timestamp<'a>(&'a DateTime<Utc>);
 
 impl Serialize for Timestamp<'_> {
@@ -1220,6 +1279,58 @@ mod tests {
             expected["value"] = "sk-1".into();
             assert_eq!(serde_json::to_value(&secret).unwrap(), expected);
             assert_eq!(expected["created_at"], "2025-12-02T00:00:00.123Z");
+        }
+    }
+
+    proptest::prop_compose! {
+        fn any_secret()(
+            path in "[a-z0-9/._-]{1,30}",
+            version in proptest::prelude::any::<u64>(),
+            kind in 0usize..6,
+            tier in 0usize..3,
+            description in proptest::option::of(proptest::prelude::any::<String>()),
+            tags in proptest::collection::btree_map(
+                proptest::prelude::any::<String>(), proptest::prelude::any::<String>(), 0..3),
+            // Four-digit years, and before year 0 (written by chrono).
+            secs in proptest::prop_oneof![
+                -62_167_219_200i64..253_402_300_799,
+                -70_000_000_000i64..-62_167_219_201,
+            ],
+            nanos in 0u32..1_000_000_000,
+            expires in proptest::option::of(0i64..4_000_000_000),
+            scope in proptest::option::of("[a-z:-]{0,12}"),
+            value in proptest::prelude::any::<String>(),
+        ) -> Secret {
+            let at = DateTime::from_timestamp(secs, nanos).unwrap();
+            Secret {
+                metadata: Metadata {
+                    path,
+                    version,
+                    secret_type: [
+                        SecretType::ApiKey, SecretType::OauthToken, SecretType::DbCredential,
+                        SecretType::SshKey, SecretType::PaymentCredential, SecretType::Custom,
+                    ][kind],
+                    tier: [Tier::Standard, Tier::Sensitive, Tier::Critical][tier],
+                    description,
+                    tags,
+                    created_at: at,
+                    updated_at: at,
+                    expires_at: expires.and_then(|e| DateTime::from_timestamp(e, nanos)),
+                    scope,
+                },
+                value: SecretValue::new(value),
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// The answer's bytes are what `serde_json` writes for `Serialize`.
+        #[test]
+        fn to_json_writes_what_serde_json_writes(secret in any_secret()) {
+            proptest::prop_assert_eq!(
+                String::from_utf8(secret.to_json()).unwrap(),
+                serde_json::to_string(&secret).unwrap()
+            );
         }
     }
 
