@@ -32,10 +32,15 @@ pub(crate) fn opt_string(out: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
+/// An integer.
+pub(crate) fn int<I: itoa::Integer>(out: &mut Vec<u8>, n: I) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
 /// An integer, or `null`.
 pub(crate) fn opt_int<I: itoa::Integer>(out: &mut Vec<u8>, n: Option<I>) {
     match n {
-        Some(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+        Some(n) => int(out, n),
         None => out.extend_from_slice(b"null"),
     }
 }

@@ -335,7 +335,7 @@ impl Secret {
     /// [`Serialize`] above, without its per-byte string escaping (see
     /// [`crate::model::json`]); every read writes one.
     pub fn to_json(&self) -> Vec<u8> {
-        use crate::model::json::{key, opt_int, opt_string, string};
+        use crate::model::json::{int, key, opt_string, string};
         let m = &self.metadata;
         let mut out = Vec::with_capacity(256 + self.value.0.len());
         out.push(b'{');
@@ -343,7 +343,7 @@ impl Secret {
         string(&mut out, &m.path);
         out.push(b',');
         key(&mut out, "version");
-        opt_int(&mut out, Some(m.version));
+        int(&mut out, m.version);
         out.push(b',');
         // Unit variants: a short fixed name each. Writing into a Vec cannot fail.
         key(&mut out, "type");
