@@ -147,50 +147,25 @@ impl AuditEvent {
     /// (the stored form, read back with `Deserialize`), without
     /// `serde_json`'s per-byte string escaping: every access writes one.
     pub fn to_json(&self) -> Vec<u8> {
-        use super::json::{key, opt_int, opt_string, string, strings};
+        use super::json::{opt_int, opt_string, string, strings, Object};
         let mut out = Vec::with_capacity(256);
-        out.push(b'{');
-        key(&mut out, "ts");
-        super::timestamp::write_json(&self.ts, &mut out);
-        out.push(b',');
-        key(&mut out, "event");
-        string(&mut out, self.event.as_str());
-        out.push(b',');
-        key(&mut out, "spiffe_id");
-        string(&mut out, &self.spiffe_id);
-        out.push(b',');
-        key(&mut out, "role");
-        opt_string(&mut out, self.role.as_deref());
-        out.push(b',');
-        key(&mut out, "uid");
-        opt_int(&mut out, self.uid);
-        out.push(b',');
-        key(&mut out, "pid");
-        opt_int(&mut out, self.pid);
-        out.push(b',');
-        key(&mut out, "action");
-        opt_string(&mut out, self.action.as_deref());
-        out.push(b',');
-        key(&mut out, "path");
-        opt_string(&mut out, self.path.as_deref());
-        out.push(b',');
-        key(&mut out, "version");
-        opt_int(&mut out, self.version);
-        out.push(b',');
-        key(&mut out, "outcome");
-        string(&mut out, &self.outcome);
-        out.push(b',');
-        key(&mut out, "reasons");
-        strings(&mut out, &self.reasons);
-        out.push(b',');
-        key(&mut out, "request_id");
-        opt_string(&mut out, self.request_id.as_deref());
+        let mut o = Object::new(&mut out);
+        super::timestamp::write_json(&self.ts, o.field("ts"));
+        string(o.field("event"), self.event.as_str());
+        string(o.field("spiffe_id"), &self.spiffe_id);
+        opt_string(o.field("role"), self.role.as_deref());
+        opt_int(o.field("uid"), self.uid);
+        opt_int(o.field("pid"), self.pid);
+        opt_string(o.field("action"), self.action.as_deref());
+        opt_string(o.field("path"), self.path.as_deref());
+        opt_int(o.field("version"), self.version);
+        string(o.field("outcome"), &self.outcome);
+        strings(o.field("reasons"), &self.reasons);
+        opt_string(o.field("request_id"), self.request_id.as_deref());
         if !self.injected.is_empty() {
-            out.push(b',');
-            key(&mut out, "injected");
-            strings(&mut out, &self.injected);
+            strings(o.field("injected"), &self.injected);
         }
-        out.push(b'}');
+        o.end();
         out
     }
 

@@ -1,14 +1,18 @@
 //! JSON text for the hot path, byte for byte what `serde_json` writes for
 //! the same values, without its per-byte escaping loop: a string that needs
 //! no escaping (no control character, `"` or `\`, as nearly every path, id
-//! and code is) is checked in one pass the compiler vectorizes and copied
-//! whole; any other string goes to `serde_json`. Every audit event is
+//! and code is) is checked in one vectorized pass and copied whole; any
+//! other string goes to `serde_json`. Every audit event is
 //! encoded with these (see [`super::audit::AuditEvent::to_json`]); the
 //! escaping loop was an eighth of a cached read's instructions.
 
-/// Whether `serde_json` writes `s` between quotes exactly as it is.
+/// Whether `serde_json` writes `s` between quotes exactly as it is. A fold
+/// over every byte rather than `all`, which would stop at the first
+/// escape: without the early exit the compiler vectorizes the loop.
 fn plain(s: &str) -> bool {
-    s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
+    s.bytes().fold(true, |plain, b| {
+        plain & (b >= 0x20) & (b != b'"') & (b != b'\\')
+    })
 }
 
 /// `s` as a JSON string.
@@ -57,12 +61,47 @@ pub(crate) fn strings(out: &mut Vec<u8>, items: &[String]) {
     out.push(b']');
 }
 
-/// `"key":`, for keys that are plain by construction.
-pub(crate) fn key(out: &mut Vec<u8>, key: &str) {
-    debug_assert!(plain(key));
-    out.push(b'"');
-    out.extend_from_slice(key.as_bytes());
-    out.extend_from_slice(b"\":");
+/// A JSON object being written: each [`Object::field`] puts the comma
+/// before it and the key, and hands back the buffer for the value.
+pub(crate) struct Object<'a> {
+    out: &'a mut Vec<u8>,
+    empty: bool,
+}
+
+impl<'a> Object<'a> {
+    pub(crate) fn new(out: &'a mut Vec<u8>) -> Self {
+        out.push(b'{');
+        Self { out, empty: true }
+    }
+
+    /// `"key":`, for a key that needs no escaping (a field name); the value
+    /// is written next, into what this returns.
+    pub(crate) fn field(&mut self, key: &str) -> &mut Vec<u8> {
+        debug_assert!(plain(key));
+        self.separate();
+        self.out.push(b'"');
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":");
+        self.out
+    }
+
+    /// `"key":` for any key, escaped as it needs (a map's keys).
+    pub(crate) fn entry(&mut self, key: &str) -> &mut Vec<u8> {
+        self.separate();
+        string(self.out, key);
+        self.out.push(b':');
+        self.out
+    }
+
+    fn separate(&mut self) {
+        if !std::mem::take(&mut self.empty) {
+            self.out.push(b',');
+        }
+    }
+
+    pub(crate) fn end(self) {
+        self.out.push(b'}');
+    }
 }
 
 #[cfg(test)]

@@ -60,13 +60,18 @@ fn put_digits(buf: &mut [u8], from: usize, digits: usize, mut value: u32) -> usi
     from + digits
 }
 
+/// What chrono writes for `at`: the form for what [`write`] leaves to it.
+fn by_chrono(at: &DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
 /// For `#[serde(serialize_with = "timestamp::serialize")]`.
 pub fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     let mut buf = [0u8; MAX_LEN];
     match write(at, &mut buf) {
         // Only ASCII digits and separators were written.
         Some(len) => s.serialize_str(std::str::from_utf8(&buf[..len]).unwrap_or_default()),
-        None => s.serialize_str(&at.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+        None => s.serialize_str(&by_chrono(at)),
     }
 }
 
@@ -74,12 +79,13 @@ pub fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Er
 pub(crate) fn write_json(at: &DateTime<Utc>, out: &mut Vec<u8>) {
     let mut buf = [0u8; MAX_LEN];
     match write(at, &mut buf) {
+        // Digits and separators: nothing to escape.
         Some(len) => {
             out.push(b'"');
             out.extend_from_slice(&buf[..len]);
             out.push(b'"');
         }
-        None => super::json::string(out, &at.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+        None => super::json::string(out, &by_chrono(at)),
     }
 }
 
