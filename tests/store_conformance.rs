@@ -1136,8 +1136,8 @@ async fn redis_change_stream_ends_when_its_connection_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_announces_every_tenants_changes_to_a_subscriber_on_any_node() {
-    let cluster = support::RedisCluster::start();
-    let store = RedisStore::new(RedisTarget::Cluster(cluster.urls()));
+    let cluster = support::cluster::RedisCluster::start();
+    let store = RedisStore::new(RedisTarget::Cluster(cluster.urls(None)));
     // Tenants whose slots live on different nodes; the subscriber talks to one node.
     let tenants = ["acme", "globex", "initech", "umbrella", "hooli", "stark"];
     let mut streams = Vec::new();
@@ -1147,7 +1147,7 @@ async fn redis_cluster_announces_every_tenants_changes_to_a_subscriber_on_any_no
     let mut owners = std::collections::BTreeSet::new();
     for tenant in tenants {
         write(&store, tenant, "a", 1).await.unwrap();
-        for url in cluster.urls() {
+        for url in cluster.urls(None) {
             let mut node = redis::Client::open(url.as_str())
                 .unwrap()
                 .get_connection()

@@ -1,5 +1,9 @@
 //! A small Redis Cluster for tests: three masters on free ports, the 16384
 //! slots split between them, joined with `CLUSTER MEET`.
+//!
+//! Each node's cluster bus gets a free port of its own (`--cluster-port`):
+//! Redis' default, the client port + 10000, does not exist for the quarter of
+//! the kernel's ephemeral ports above 55535, and such a node exits at start.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,7 +15,7 @@ use super::free_port;
 pub struct RedisCluster {
     children: Vec<Child>,
     pub ports: Vec<u16>,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 const NODES: u16 = 3;
@@ -27,16 +31,17 @@ impl RedisCluster {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         // Each free port is found on its own, so the kernel may hand the
-        // same one out twice: keep asking until the nodes' ports differ.
-        let mut ports: Vec<u16> = Vec::new();
-        while ports.len() < usize::from(NODES) {
+        // same one out twice: keep asking until all of them differ.
+        let mut taken: Vec<u16> = Vec::new();
+        while taken.len() < 2 * usize::from(NODES) {
             let port = free_port();
-            if !ports.contains(&port) {
-                ports.push(port);
+            if !taken.contains(&port) {
+                taken.push(port);
             }
         }
+        let (ports, bus_ports) = taken.split_at(usize::from(NODES));
         let mut children = Vec::new();
-        for port in &ports {
+        for (port, bus_port) in ports.iter().zip(bus_ports) {
             let node_dir = dir.path().join(port.to_string());
             std::fs::create_dir(&node_dir).expect("node dir");
             let child = Command::new("redis-server")
@@ -47,6 +52,8 @@ impl RedisCluster {
                     "127.0.0.1",
                     "--cluster-enabled",
                     "yes",
+                    "--cluster-port",
+                    &bus_port.to_string(),
                     "--save",
                     "",
                     "--appendonly",
@@ -62,10 +69,10 @@ impl RedisCluster {
                 .expect("redis-server must be installed");
             children.push(child);
         }
-        let cluster = Self {
+        let mut cluster = Self {
             children,
-            ports,
-            _dir: dir,
+            ports: ports.to_vec(),
+            dir,
         };
         cluster.wait("every node answers", |port| {
             redis::Client::open(format!("redis://127.0.0.1:{port}/"))
@@ -89,11 +96,12 @@ impl RedisCluster {
                 .expect("CLUSTER ADDSLOTSRANGE");
         }
         let mut first = connection(cluster.ports[0]);
-        for port in &cluster.ports[1..] {
+        for (port, bus_port) in ports.iter().zip(bus_ports).skip(1) {
             let () = redis::cmd("CLUSTER")
                 .arg("MEET")
                 .arg("127.0.0.1")
                 .arg(*port)
+                .arg(*bus_port)
                 .query(&mut first)
                 .expect("CLUSTER MEET");
         }
@@ -109,12 +117,34 @@ impl RedisCluster {
         cluster
     }
 
-    fn wait(&self, what: &str, ready: impl Fn(u16) -> bool) {
+    /// Waits until `ready` holds on every node; a node that exited, or a
+    /// wait past the deadline, fails with the nodes' logs, which say why.
+    fn wait(&mut self, what: &str, ready: impl Fn(u16) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.ports.iter().all(|p| ready(*p)) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            let exited = self
+                .children
+                .iter_mut()
+                .any(|c| c.try_wait().ok().flatten().is_some());
+            assert!(
+                !exited && Instant::now() < deadline,
+                "{} waiting for {what}; the nodes' logs:\n{}",
+                if exited { "a node exited" } else { "timed out" },
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    fn logs(&self) -> String {
+        self.ports
+            .iter()
+            .map(|port| {
+                let log = self.dir.path().join(port.to_string()).join("redis.log");
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                format!("--- node {port}\n{text}")
+            })
+            .collect()
     }
 
     /// The seed URLs, with `user` if given (its password goes separately).
