@@ -519,6 +519,18 @@ fn open_with(
         .map_err(|_| CryptoError::Integrity)
 }
 
+/// `bytes` in base64 as a JSON string, as `Sealed`'s `Serialize` writes it:
+/// the alphabet needs no escaping, so it is encoded straight into `out`.
+pub(crate) fn write_b64_json(bytes: &[u8], out: &mut Vec<u8>) {
+    let start = out.len() + 1;
+    let len = base64::encoded_len(bytes.len(), true).unwrap_or(0);
+    out.push(b'"');
+    out.resize(start + len, 0);
+    let written = B64.encode_slice(bytes, &mut out[start..]).unwrap_or(0);
+    out.truncate(start + written);
+    out.push(b'"');
+}
+
 mod b64 {
     use super::{Engine, B64};
     use serde::{Deserialize, Deserializer, Serializer};

@@ -61,6 +61,15 @@ pub(crate) fn strings(out: &mut Vec<u8>, items: &[String]) {
     out.push(b']');
 }
 
+/// A JSON object of string values, in the map's order.
+pub(crate) fn string_map(out: &mut Vec<u8>, map: &std::collections::BTreeMap<String, String>) {
+    let mut o = Object::new(out);
+    for (key, value) in map {
+        string(o.entry(key), value);
+    }
+    o.end();
+}
+
 /// A JSON object being written: each [`Object::field`] puts the comma
 /// before it and the key, and hands back the buffer for the value.
 pub(crate) struct Object<'a> {

@@ -87,6 +87,29 @@ pub enum SecretType {
     Custom,
 }
 
+impl SecretType {
+    pub const ALL: [Self; 6] = [
+        Self::ApiKey,
+        Self::OauthToken,
+        Self::DbCredential,
+        Self::SshKey,
+        Self::PaymentCredential,
+        Self::Custom,
+    ];
+
+    /// The name `serde` gives the type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ApiKey => "api_key",
+            Self::OauthToken => "oauth_token",
+            Self::DbCredential => "db_credential",
+            Self::SshKey => "ssh_key",
+            Self::PaymentCredential => "payment_credential",
+            Self::Custom => "custom",
+        }
+    }
+}
+
 /// Access tier: how much ceremony a token covering the secret needs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -95,6 +118,19 @@ pub enum Tier {
     #[default]
     Sensitive,
     Critical,
+}
+
+impl Tier {
+    pub const ALL: [Self; 3] = [Self::Standard, Self::Sensitive, Self::Critical];
+
+    /// The name `serde` gives the tier.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Standard => "standard",
+            Self::Sensitive => "sensitive",
+            Self::Critical => "critical",
+        }
+    }
 }
 
 /// A secret's metadata as stored: everything but the versions' ciphertexts.
@@ -142,6 +178,41 @@ pub struct SecretRecord {
 }
 
 impl SecretRecord {
+    /// The stored form, byte for byte what `serde_json::to_vec` writes,
+    /// without its per-byte string escaping (see [`json`]): every write
+    /// encodes the record twice.
+    pub fn to_json(&self) -> Vec<u8> {
+        use json::{int, opt_string, string, Object};
+        let mut out = Vec::with_capacity(512);
+        let mut o = Object::new(&mut out);
+        string(o.field("tenant"), &self.tenant);
+        string(o.field("path"), &self.path);
+        int(o.field("active_version"), self.active_version);
+        int(o.field("latest_version"), self.latest_version);
+        string(o.field("type"), self.secret_type.as_str());
+        string(o.field("tier"), self.tier.as_str());
+        opt_string(o.field("description"), self.description.as_deref());
+        json::string_map(o.field("tags"), &self.tags);
+        opt_string(o.field("scope"), self.scope.as_deref());
+        string(o.field("owner"), &self.owner);
+        timestamp::write_json(&self.created_at, o.field("created_at"));
+        timestamp::write_json(&self.updated_at, o.field("updated_at"));
+        timestamp::write_json_opt(self.expires_at.as_ref(), o.field("expires_at"));
+        if !self.retired_expiry.is_empty() {
+            let mut retired = Object::new(o.field("retired_expiry"));
+            for (version, at) in &self.retired_expiry {
+                let key = retired.field(itoa::Buffer::new().format(*version));
+                timestamp::write_json(at, key);
+            }
+            retired.end();
+        }
+        if !self.revision.is_empty() {
+            string(o.field("revision"), &self.revision);
+        }
+        o.end();
+        out
+    }
+
     /// When `version` stops being readable, if ever: the secret's expiry for
     /// the active version, the expiry it retired with otherwise, and in both
     /// cases no later than a rotation's grace period.
@@ -187,6 +258,28 @@ pub struct VersionRecord {
 }
 
 impl VersionRecord {
+    /// The stored form, byte for byte what `serde_json::to_vec` writes,
+    /// without its per-byte string escaping: every write encodes one.
+    pub fn to_json(&self) -> Vec<u8> {
+        use json::{int, string, Object};
+        let sealed = &self.sealed;
+        let mut out =
+            Vec::with_capacity(160 + 4 * (sealed.wrapped_dek.len() + sealed.ciphertext.len()) / 3);
+        let mut o = Object::new(&mut out);
+        int(o.field("version"), self.version);
+        timestamp::write_json(&self.created_at, o.field("created_at"));
+        let mut s = Object::new(o.field("sealed"));
+        string(s.field("kek_id"), &sealed.kek_id);
+        crate::crypto::write_b64_json(&sealed.wrapped_dek, s.field("wrapped_dek"));
+        crate::crypto::write_b64_json(&sealed.ciphertext, s.field("ciphertext"));
+        s.end();
+        if let Some(at) = &self.expires_at {
+            timestamp::write_json(at, o.field("expires_at"));
+        }
+        o.end();
+        out
+    }
+
     pub fn stamp(&self) -> VersionStamp {
         VersionStamp {
             version: self.version,
@@ -297,6 +390,89 @@ pub struct ApprovalRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn enum_names_are_serdes() {
+        for t in SecretType::ALL {
+            assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
+        }
+        for tier in Tier::ALL {
+            assert_eq!(serde_json::to_value(tier).unwrap(), tier.as_str());
+        }
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![any::<String>(), "[a-z0-9/._-]{0,24}"]
+    }
+
+    fn stamp() -> impl Strategy<Value = DateTime<Utc>> {
+        // Years 0000 to 9999, and a few outside them, which chrono writes.
+        prop_oneof![
+            (-62_167_219_200i64..253_402_300_799, 0u32..1_000_000_000),
+            (-70_000_000_000i64..-62_167_219_201, 0u32..2),
+        ]
+        .prop_map(|(secs, nanos)| DateTime::from_timestamp(secs, nanos).unwrap())
+    }
+
+    prop_compose! {
+        fn record()(
+            tenant in text(), path in text(),
+            active_version in any::<u64>(), latest_version in any::<u64>(),
+            secret_type in 0..SecretType::ALL.len(), tier in 0..Tier::ALL.len(),
+            description in proptest::option::of(text()),
+            tags in proptest::collection::btree_map(text(), text(), 0..3),
+            scope in proptest::option::of(text()), owner in text(),
+            created_at in stamp(), updated_at in stamp(),
+            expires_at in proptest::option::of(stamp()),
+            retired_expiry in proptest::collection::btree_map(any::<u64>(), stamp(), 0..3),
+            revision in prop_oneof![Just(String::new()), text()],
+        ) -> SecretRecord {
+            SecretRecord {
+                tenant, path, active_version, latest_version,
+                secret_type: SecretType::ALL[secret_type], tier: Tier::ALL[tier],
+                description, tags, scope, owner, created_at, updated_at, expires_at,
+                retired_expiry, revision,
+            }
+        }
+    }
+
+    prop_compose! {
+        fn version()(
+            version in any::<u64>(), created_at in stamp(), kek_id in text(),
+            wrapped_dek in proptest::collection::vec(any::<u8>(), 0..80),
+            ciphertext in proptest::collection::vec(any::<u8>(), 0..200),
+            expires_at in proptest::option::of(stamp()),
+        ) -> VersionRecord {
+            VersionRecord {
+                version, created_at, expires_at,
+                sealed: crate::crypto::Sealed { kek_id, wrapped_dek, ciphertext },
+            }
+        }
+    }
+
+    proptest! {
+        /// The stored forms are what `serde_json` writes, and read back whole.
+        #[test]
+        fn a_records_json_is_serde_jsons(record in record()) {
+            let ours = record.to_json();
+            prop_assert_eq!(
+                String::from_utf8(ours.clone()).unwrap(),
+                serde_json::to_string(&record).unwrap()
+            );
+            prop_assert_eq!(serde_json::from_slice::<SecretRecord>(&ours).unwrap(), record);
+        }
+
+        #[test]
+        fn a_versions_json_is_serde_jsons(version in version()) {
+            let ours = version.to_json();
+            prop_assert_eq!(
+                String::from_utf8(ours.clone()).unwrap(),
+                serde_json::to_string(&version).unwrap()
+            );
+            prop_assert_eq!(serde_json::from_slice::<VersionRecord>(&ours).unwrap(), version);
+        }
+    }
 
     #[test]
     fn a_stamp_reads_a_stored_version_without_its_sealed_value() {

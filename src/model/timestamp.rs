@@ -89,6 +89,14 @@ pub(crate) fn write_json(at: &DateTime<Utc>, out: &mut Vec<u8>) {
     }
 }
 
+/// `at` as [`write_json`] writes it, or `null`.
+pub(crate) fn write_json_opt(at: Option<&DateTime<Utc>>, out: &mut Vec<u8>) {
+    match at {
+        Some(at) => write_json(at, out),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
 /// For `#[serde(serialize_with = "timestamp::serialize_opt")]`.
 pub fn serialize_opt<S: Serializer>(at: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
     match at {

@@ -248,25 +248,6 @@ fn object<const N: usize>(fields: [(&str, regorus::Value); N]) -> regorus::Value
     )
 }
 
-pub(super) fn tier_name(tier: Tier) -> &'static str {
-    match tier {
-        Tier::Standard => "standard",
-        Tier::Sensitive => "sensitive",
-        Tier::Critical => "critical",
-    }
-}
-
-pub(super) fn type_name(secret_type: SecretType) -> &'static str {
-    match secret_type {
-        SecretType::ApiKey => "api_key",
-        SecretType::OauthToken => "oauth_token",
-        SecretType::DbCredential => "db_credential",
-        SecretType::SshKey => "ssh_key",
-        SecretType::PaymentCredential => "payment_credential",
-        SecretType::Custom => "custom",
-    }
-}
-
 fn put_str(key: &mut Vec<u8>, s: &str) {
     key.extend_from_slice(&(s.len() as u64).to_le_bytes());
     key.extend_from_slice(s.as_bytes());
@@ -324,8 +305,8 @@ pub(super) fn cache_key(input: &PolicyInput) -> Vec<u8> {
     key.push(u8::from(*exists));
     put_opt(&mut key, owner.as_deref());
     put_opt(&mut key, owner_scope.as_deref());
-    put_opt(&mut key, tier.map(tier_name));
-    put_opt(&mut key, secret_type.map(type_name));
+    put_opt(&mut key, tier.map(Tier::as_str));
+    put_opt(&mut key, secret_type.map(SecretType::as_str));
     key.extend_from_slice(&(tags.len() as u64).to_le_bytes());
     for (k, v) in tags {
         put_str(&mut key, k);
@@ -356,7 +337,7 @@ pub(super) fn cache_key(input: &PolicyInput) -> Vec<u8> {
             put_str(&mut key, pattern);
             put_str(&mut key, agent_id);
             put_opt(&mut key, role.as_deref());
-            put_str(&mut key, tier_name(*tier));
+            put_str(&mut key, tier.as_str());
         }
     }
     match event {
@@ -402,8 +383,8 @@ pub(super) fn input_value(input: &PolicyInput) -> regorus::Value {
         ("exists", regorus::Value::from(r.exists)),
         ("owner", opt_str_value(r.owner.as_deref())),
         ("owner_scope", opt_str_value(r.owner_scope.as_deref())),
-        ("tier", opt_str_value(r.tier.map(tier_name))),
-        ("type", opt_str_value(r.secret_type.map(type_name))),
+        ("tier", opt_str_value(r.tier.map(Tier::as_str))),
+        ("type", opt_str_value(r.secret_type.map(SecretType::as_str))),
         ("tags", regorus::Value::from(tags)),
     ]);
     let grants = input
@@ -423,7 +404,7 @@ pub(super) fn input_value(input: &PolicyInput) -> regorus::Value {
             ("pattern", str_value(&t.pattern)),
             ("agent_id", str_value(&t.agent_id)),
             ("role", opt_str_value(t.role.as_deref())),
-            ("tier", str_value(tier_name(t.tier))),
+            ("tier", str_value(t.tier.as_str())),
         ])
     });
     let mut document = object([

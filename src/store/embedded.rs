@@ -481,11 +481,11 @@ impl Store for EmbeddedStore {
                             return Err(StoreError::Conflict);
                         }
                         records
-                            .insert((tenant.as_str(), path), encode(&commit.record).as_slice())
+                            .insert((tenant.as_str(), path), commit.record.to_json().as_slice())
                             .map_err(unavailable)?;
                         for v in &commit.versions {
                             versions
-                                .insert((tenant.as_str(), path, v.version), encode(v).as_slice())
+                                .insert((tenant.as_str(), path, v.version), v.to_json().as_slice())
                                 .map_err(unavailable)?;
                         }
                         for old in &commit.prune {
@@ -554,7 +554,7 @@ impl Store for EmbeddedStore {
                 let mut records = txn.open_table(RECORDS).map_err(unavailable)?;
                 let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
                 let number = write.version.version;
-                let encoded = encode(&write.version);
+                let encoded = write.version.to_json();
                 if let Some(taken) = versions.get((t, p, number)).map_err(unavailable)? {
                     // The same write sent twice is done; another one under this number is a race.
                     return if taken.value() == encoded.as_slice() {
@@ -591,7 +591,7 @@ impl Store for EmbeddedStore {
                     .insert((t, p, number), encoded.as_slice())
                     .map_err(unavailable)?;
                 records
-                    .insert((t, p), encode(&record).as_slice())
+                    .insert((t, p), record.to_json().as_slice())
                     .map_err(unavailable)?;
                 if let Some(once) = &write.idempotency {
                     keep_answer_in(txn, t, once, now)?;
@@ -775,7 +775,7 @@ impl Store for EmbeddedStore {
                 updated.sealed.kek_id = rewrapped.kek_id;
                 updated.sealed.wrapped_dek = rewrapped.wrapped_dek;
                 versions
-                    .insert(key, encode(&updated).as_slice())
+                    .insert(key, updated.to_json().as_slice())
                     .map_err(unavailable)?;
                 Ok(true)
             })

@@ -975,12 +975,12 @@ impl Store for RedisStore {
                 .arg(commit.expected_latest)
                 .arg(record.latest_version)
                 .arg(record.active_version)
-                .arg(encode(&record))
+                .arg(record.to_json())
                 .arg(&record.revision)
                 .arg(&record.path)
                 .arg(commit.versions.len());
             for v in &commit.versions {
-                invocation.arg(v.version).arg(encode(v));
+                invocation.arg(v.version).arg(v.to_json());
             }
             invocation.arg(commit.prune.len());
             for old in &commit.prune {
@@ -1050,8 +1050,8 @@ impl Store for RedisStore {
             .key(idem_key)
             .key(tenant_key(tenant, "audit"))
             .arg(write.version.version)
-            .arg(encode(&write.version))
-            .arg(encode(&write.initial))
+            .arg(write.version.to_json())
+            .arg(write.initial.to_json())
             .arg(encode(&write.patch))
             .arg(encode(&write.guard))
             .arg(encode(&write.prune))
@@ -1063,7 +1063,12 @@ impl Store for RedisStore {
             .arg(max_len)
             .arg(if write.reserved { "1" } else { "0" })
             .arg(usable.unwrap_or_default())
-            .arg(outcome.as_ref().map(encode).unwrap_or_default())
+            .arg(
+                outcome
+                    .as_ref()
+                    .map(SecretRecord::to_json)
+                    .unwrap_or_default(),
+            )
             .arg(&revision)
             .arg(outcome.as_ref().map_or(0, |r| r.latest_version))
             .arg(outcome.as_ref().map_or(0, |r| r.active_version))

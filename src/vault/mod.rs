@@ -313,27 +313,19 @@ impl Secret {
     /// [`Metadata`], with `"value"` as its last field, without its per-byte
     /// string escaping (see [`crate::model::json`]); every read writes one.
     pub fn to_json(&self) -> Vec<u8> {
-        use crate::model::json::{int, opt_string, string, Object};
+        use crate::model::json::{int, opt_string, string, string_map, Object};
         let m = &self.metadata;
         let mut out = Vec::with_capacity(256 + self.value.0.len());
         let mut o = Object::new(&mut out);
         string(o.field("path"), &m.path);
         int(o.field("version"), m.version);
-        // Unit variants: a short fixed name each. Writing into a Vec cannot fail.
-        let _ = serde_json::to_writer(o.field("type"), &m.secret_type);
-        let _ = serde_json::to_writer(o.field("tier"), &m.tier);
+        string(o.field("type"), m.secret_type.as_str());
+        string(o.field("tier"), m.tier.as_str());
         opt_string(o.field("description"), m.description.as_deref());
-        let mut tags = Object::new(o.field("tags"));
-        for (name, value) in &m.tags {
-            string(tags.entry(name), value);
-        }
-        tags.end();
+        string_map(o.field("tags"), &m.tags);
         timestamp::write_json(&m.created_at, o.field("created_at"));
         timestamp::write_json(&m.updated_at, o.field("updated_at"));
-        match &m.expires_at {
-            Some(at) => timestamp::write_json(at, o.field("expires_at")),
-            None => o.field("expires_at").extend_from_slice(b"null"),
-        }
+        timestamp::write_json_opt(m.expires_at.as_ref(), o.field("expires_at"));
         opt_string(o.field("scope"), m.scope.as_deref());
         string(o.field("value"), &self.value.0);
         o.end();
