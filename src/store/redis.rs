@@ -550,21 +550,36 @@ fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// `av:{tenant}:` followed by `parts`: every key of a tenant, in its
+/// slot. Built by pushing, not `format!`: a write names six keys, and the
+/// formatting machinery cost a thousand instructions each.
+fn tenant_key_of(tenant: &str, parts: &[&str]) -> String {
+    let len = parts.iter().map(|p| p.len()).sum::<usize>() + tenant.len() + 6;
+    let mut key = String::with_capacity(len);
+    key.push_str("av:{");
+    key.push_str(tenant);
+    key.push_str("}:");
+    for part in parts {
+        key.push_str(part);
+    }
+    key
+}
+
 fn key(tenant: &str, kind: &str, path: &str) -> String {
-    format!("av:{{{tenant}}}:{kind}:{path}")
+    tenant_key_of(tenant, &[kind, ":", path])
 }
 
 fn index_key(tenant: &str) -> String {
-    format!("av:{{{tenant}}}:idx")
+    tenant_key(tenant, "idx")
 }
 
 fn tenant_key(tenant: &str, name: &str) -> String {
-    format!("av:{{{tenant}}}:{name}")
+    tenant_key_of(tenant, &[name])
 }
 
 /// Where the answer to a write with an `Idempotency-Key` is kept.
 fn idempotency_key(tenant: &str, key_name: &str) -> String {
-    tenant_key(tenant, &format!("idem:{key_name}"))
+    tenant_key_of(tenant, &["idem:", key_name])
 }
 
 /// The key, answer and TTL (ms) a write script gets for its idempotency
@@ -583,7 +598,11 @@ fn once_args(tenant: &str, once: Option<&IdempotencyRecord>) -> (String, Vec<u8>
 /// A record's new revision: random, so a secret deleted and written again
 /// never repeats one a writer may still hold.
 fn new_revision() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+    let mut buf = uuid::Uuid::encode_buffer();
+    uuid::Uuid::new_v4()
+        .simple()
+        .encode_lower(&mut buf)
+        .to_owned()
 }
 
 /// The tenant's change channel; its hash tag is the tenant's, like its keys'.
@@ -1531,6 +1550,21 @@ impl Drop for AbortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The key layout is what every sidecar version sharing a store reads.
+    #[test]
+    fn keys_are_the_tenants_slot_then_kind_and_name() {
+        assert_eq!(key("acme", "s", "a/b"), "av:{acme}:s:a/b");
+        assert_eq!(index_key("acme"), "av:{acme}:idx");
+        assert_eq!(tenant_key("acme", "audit"), "av:{acme}:audit");
+        assert_eq!(idempotency_key("acme", "k1"), "av:{acme}:idem:k1");
+        assert_eq!(changes_channel("acme"), "av:{acme}:changes");
+        let revision = new_revision();
+        assert_eq!(revision.len(), 32);
+        assert!(revision
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    }
 
     #[test]
     fn acl_line_confines_the_user_to_its_tenants_keys_and_the_sidecars_commands() {
