@@ -18,8 +18,11 @@ const MAX_LEN: usize = 30;
 /// Writes `at` into `buf` and returns its length; `None` for what only chrono
 /// writes (a year outside 0..=9999, which takes a sign).
 fn write(at: &DateTime<Utc>, buf: &mut [u8; MAX_LEN]) -> Option<usize> {
-    let year = u32::try_from(at.year()).ok().filter(|y| *y <= 9999)?;
-    let (mut sec, mut nano) = (at.second(), at.nanosecond());
+    // The UTC date and time once: each of `DateTime`'s own accessors
+    // converts to local time again.
+    let (date, time) = (at.naive_utc().date(), at.naive_utc().time());
+    let year = u32::try_from(date.year()).ok().filter(|y| *y <= 9999)?;
+    let (mut sec, mut nano) = (time.second(), time.nanosecond());
     // A leap second is held as nanoseconds past 1e9 of second 59.
     if nano >= 1_000_000_000 {
         sec += 1;
@@ -27,10 +30,10 @@ fn write(at: &DateTime<Utc>, buf: &mut [u8; MAX_LEN]) -> Option<usize> {
     }
     let mut len = put_digits(buf, 0, 4, year);
     for (sep, value) in [
-        (b'-', at.month()),
-        (b'-', at.day()),
-        (b'T', at.hour()),
-        (b':', at.minute()),
+        (b'-', date.month()),
+        (b'-', date.day()),
+        (b'T', time.hour()),
+        (b':', time.minute()),
         (b':', sec),
     ] {
         buf[len] = sep;
