@@ -148,7 +148,9 @@ impl AuditEvent {
     /// `serde_json`'s per-byte string escaping: every access writes one.
     pub fn to_json(&self) -> Vec<u8> {
         use super::json::{opt_int, opt_string, string, strings, Object};
-        let mut out = Vec::with_capacity(256);
+        // Room for a typical event (about 280 bytes), so it is written
+        // without growing.
+        let mut out = Vec::with_capacity(384);
         let mut o = Object::new(&mut out);
         super::timestamp::write_json(&self.ts, o.field("ts"));
         string(o.field("event"), self.event.as_str());
