@@ -342,8 +342,10 @@ impl Vault {
     ) -> Result<(), VaultError> {
         let grants = self.grants_for(&resource).await?;
         let path = resource.path.clone();
-        let tier = resource.tier;
-        let existing = resource.exists.then(|| resource.clone());
+        let (tier, exists) = (resource.tier, resource.exists);
+        // A refused action other than a read on an existing secret asks
+        // whether the caller may read it; only then is the resource needed twice.
+        let recheck = (exists && action != Action::Read).then(|| resource.clone());
         let decision = self.decide_with(access, action, resource, &grants)?;
         if decision.allow {
             return self.audit_gate(access.caller, action, &path, tier).await;
@@ -352,14 +354,13 @@ impl Vault {
             caller = %access.caller.spiffe_id, action = %action, path = %path,
             reasons = ?decision.reasons, "denied"
         );
-        let hidden = match existing {
-            Some(_) if action == Action::Read => true,
+        let hidden = match recheck {
             Some(existing) => {
                 !self
                     .decide_with(access, Action::Read, existing, &grants)?
                     .allow
             }
-            None => false,
+            None => exists && action == Action::Read,
         };
         let denied = VaultError::Denied {
             reasons: decision.reasons,
