@@ -532,17 +532,33 @@ pub(crate) fn write_b64_json(bytes: &[u8], out: &mut Vec<u8>) {
 }
 
 mod b64 {
+    use std::fmt;
+
     use super::{Engine, B64};
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::de::{self, Visitor};
+    use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&B64.encode(bytes))
     }
 
+    /// Decoded from the text as the deserializer holds it, borrowed or (for
+    /// JSON with escapes, `\/` as Lua's cjson writes) in its scratch buffer:
+    /// no string is allocated for it.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        // Owned, not borrowed: JSON with escapes (`\/`, as Lua's cjson writes) cannot be borrowed.
-        let text = String::deserialize(d)?;
-        B64.decode(text).map_err(serde::de::Error::custom)
+        struct Base64;
+        impl Visitor<'_> for Base64 {
+            type Value = Vec<u8>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a base64 string")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Vec<u8>, E> {
+                B64.decode(text).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Base64)
     }
 }
 
@@ -556,6 +572,28 @@ mod tests {
             path,
             version,
         }
+    }
+
+    /// Lua's cjson escapes `/`; such text reads as the plain form does.
+    #[test]
+    fn sealed_reads_base64_with_escaped_slashes() {
+        let sealed = Sealed {
+            kek_id: "k1".into(),
+            wrapped_dek: vec![0xff; 30],
+            ciphertext: vec![0xfb, 0xef, 0xbe, 7],
+        };
+        let plain = serde_json::to_string(&sealed).unwrap();
+        assert!(plain.contains('/'));
+        let escaped = plain.replace('/', "\\/");
+        for text in [plain, escaped] {
+            assert_eq!(
+                serde_json::from_str::<Sealed>(&text).unwrap(),
+                sealed,
+                "{text}"
+            );
+        }
+        let bad = r#"{"kek_id":"k1","wrapped_dek":"!!","ciphertext":""}"#;
+        assert!(serde_json::from_str::<Sealed>(bad).is_err());
     }
 
     #[test]
