@@ -12,26 +12,24 @@ use super::{call, exit, uri_path, CliError};
 use crate::client::Client;
 use crate::model::{SecretType, Tier};
 
+/// The names of every variant of a model enum (its `ALL`, by `as_str`),
+/// for clap's choices.
+macro_rules! names {
+    ($enum:ty) => {{
+        let mut names = [""; <$enum>::ALL.len()];
+        let mut i = 0;
+        while i < names.len() {
+            names[i] = <$enum>::ALL[i].as_str();
+            i += 1;
+        }
+        names
+    }};
+}
+
 /// The tiers a secret may have (`--tier`).
-const TIERS: [&str; Tier::ALL.len()] = {
-    let mut names = [""; Tier::ALL.len()];
-    let mut i = 0;
-    while i < names.len() {
-        names[i] = Tier::ALL[i].as_str();
-        i += 1;
-    }
-    names
-};
+const TIERS: [&str; Tier::ALL.len()] = names!(Tier);
 /// The types a secret may have (`--type`).
-const TYPES: [&str; SecretType::ALL.len()] = {
-    let mut names = [""; SecretType::ALL.len()];
-    let mut i = 0;
-    while i < names.len() {
-        names[i] = SecretType::ALL[i].as_str();
-        i += 1;
-    }
-    names
-};
+const TYPES: [&str; SecretType::ALL.len()] = names!(SecretType);
 
 #[derive(Debug, Subcommand)]
 pub enum SecretsCommand {

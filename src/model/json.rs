@@ -113,6 +113,24 @@ impl<'a> Object<'a> {
     }
 }
 
+/// For property tests of a hand-written encoder: `ours` is byte for byte
+/// what `serde_json` writes for `value`, and reads back as `value`.
+#[cfg(test)]
+pub(crate) fn check_is_serde_jsons<T>(
+    ours: &[u8],
+    value: &T,
+) -> Result<(), proptest::test_runner::TestCaseError>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    proptest::prop_assert_eq!(
+        std::str::from_utf8(ours).unwrap(),
+        serde_json::to_string(value).unwrap()
+    );
+    proptest::prop_assert_eq!(&serde_json::from_slice::<T>(ours).unwrap(), value);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;

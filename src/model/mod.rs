@@ -471,22 +471,12 @@ mod tests {
         /// The stored forms are what `serde_json` writes, and read back whole.
         #[test]
         fn a_records_json_is_serde_jsons(record in record()) {
-            let ours = record.to_json();
-            prop_assert_eq!(
-                String::from_utf8(ours.clone()).unwrap(),
-                serde_json::to_string(&record).unwrap()
-            );
-            prop_assert_eq!(serde_json::from_slice::<SecretRecord>(&ours).unwrap(), record);
+            json::check_is_serde_jsons(&record.to_json(), &record)?;
         }
 
         #[test]
         fn a_versions_json_is_serde_jsons(version in version()) {
-            let ours = version.to_json();
-            prop_assert_eq!(
-                String::from_utf8(ours.clone()).unwrap(),
-                serde_json::to_string(&version).unwrap()
-            );
-            prop_assert_eq!(serde_json::from_slice::<VersionRecord>(&ours).unwrap(), version);
+            json::check_is_serde_jsons(&version.to_json(), &version)?;
         }
     }
 

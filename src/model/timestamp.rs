@@ -20,7 +20,8 @@ const MAX_LEN: usize = 30;
 fn write(at: &DateTime<Utc>, buf: &mut [u8; MAX_LEN]) -> Option<usize> {
     // The UTC date and time once: each of `DateTime`'s own accessors
     // converts to local time again.
-    let (date, time) = (at.naive_utc().date(), at.naive_utc().time());
+    let utc = at.naive_utc();
+    let (date, time) = (utc.date(), utc.time());
     let year = u32::try_from(date.year()).ok().filter(|y| *y <= 9999)?;
     let (mut sec, mut nano) = (time.second(), time.nanosecond());
     // A leap second is held as nanoseconds past 1e9 of second 59.

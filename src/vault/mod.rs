@@ -1223,8 +1223,8 @@ mod tests {
         fn any_secret()(
             path in "[a-z0-9/._-]{1,30}",
             version in proptest::prelude::any::<u64>(),
-            kind in 0usize..6,
-            tier in 0usize..3,
+            kind in 0..SecretType::ALL.len(),
+            tier in 0..Tier::ALL.len(),
             description in proptest::option::of(proptest::prelude::any::<String>()),
             tags in proptest::collection::btree_map(
                 proptest::prelude::any::<String>(), proptest::prelude::any::<String>(), 0..3),
@@ -1243,11 +1243,8 @@ mod tests {
                 metadata: Metadata {
                     path,
                     version,
-                    secret_type: [
-                        SecretType::ApiKey, SecretType::OauthToken, SecretType::DbCredential,
-                        SecretType::SshKey, SecretType::PaymentCredential, SecretType::Custom,
-                    ][kind],
-                    tier: [Tier::Standard, Tier::Sensitive, Tier::Critical][tier],
+                    secret_type: SecretType::ALL[kind],
+                    tier: Tier::ALL[tier],
                     description,
                     tags,
                     created_at: at,
