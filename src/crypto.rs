@@ -531,6 +531,11 @@ pub(crate) fn write_b64_json(bytes: &[u8], out: &mut Vec<u8>) {
     out.push(b'"');
 }
 
+/// Bytes from base64 text, as `Sealed`'s `Deserialize` reads them.
+pub(crate) fn read_b64(text: &str) -> Option<Vec<u8>> {
+    B64.decode(text).ok()
+}
+
 mod b64 {
     use std::fmt;
 

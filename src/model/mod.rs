@@ -108,6 +108,11 @@ impl SecretType {
             Self::Custom => "custom",
         }
     }
+
+    /// The type `serde` names `name`.
+    pub(crate) fn named(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == name)
+    }
 }
 
 /// Access tier: how much ceremony a token covering the secret needs.
@@ -130,6 +135,11 @@ impl Tier {
             Self::Sensitive => "sensitive",
             Self::Critical => "critical",
         }
+    }
+
+    /// The tier `serde` names `name`.
+    pub(crate) fn named(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == name)
     }
 }
 
@@ -213,6 +223,64 @@ impl SecretRecord {
         out
     }
 
+    /// Reads the stored form. Text in exactly the form [`Self::to_json`]
+    /// writes is read by [`json::Canonical`]; any other (such as Lua's
+    /// cjson writes when Redis rebases a record) by `serde_json`, which reads
+    /// the writers' form alike (a property test holds the two equal).
+    pub fn from_json(text: &str) -> serde_json::Result<Self> {
+        match Self::read_canonical(text) {
+            Some(record) => Ok(record),
+            None => serde_json::from_str(text),
+        }
+    }
+
+    fn read_canonical(text: &str) -> Option<Self> {
+        let mut c = json::Canonical::new(text);
+        c.open()?;
+        let record = Self {
+            tenant: c.field("tenant")?.string()?,
+            path: c.field("path")?.string()?,
+            active_version: c.field("active_version")?.u64()?,
+            latest_version: c.field("latest_version")?.u64()?,
+            secret_type: SecretType::named(c.field("type")?.str()?)?,
+            tier: Tier::named(c.field("tier")?.str()?)?,
+            description: c.field("description")?.opt_string()?,
+            tags: {
+                let mut tags = BTreeMap::new();
+                c.field("tags")?.entries(|key, c| {
+                    tags.insert(key.to_owned(), c.string()?);
+                    Some(())
+                })?;
+                tags
+            },
+            scope: c.field("scope")?.opt_string()?,
+            owner: c.field("owner")?.string()?,
+            created_at: c.field("created_at")?.timestamp()?,
+            updated_at: c.field("updated_at")?.timestamp()?,
+            expires_at: c.field("expires_at")?.opt_timestamp()?,
+            retired_expiry: {
+                let mut retired = BTreeMap::new();
+                if c.has("retired_expiry") {
+                    c.entries(|version, c| {
+                        let mut number = json::Canonical::new(version);
+                        let version = number.u64()?;
+                        number.end()?;
+                        retired.insert(version, c.timestamp()?);
+                        Some(())
+                    })?;
+                }
+                retired
+            },
+            revision: match c.has("revision") {
+                true => c.string()?,
+                false => String::new(),
+            },
+        };
+        c.close()?;
+        c.end()?;
+        Some(record)
+    }
+
     /// When `version` stops being readable, if ever: the secret's expiry for
     /// the active version, the expiry it retired with otherwise, and in both
     /// cases no later than a rotation's grace period.
@@ -278,6 +346,40 @@ impl VersionRecord {
         }
         o.end();
         out
+    }
+
+    /// Reads the stored form, as [`SecretRecord::from_json`] does.
+    pub fn from_json(text: &str) -> serde_json::Result<Self> {
+        match Self::read_canonical(text) {
+            Some(version) => Ok(version),
+            None => serde_json::from_str(text),
+        }
+    }
+
+    fn read_canonical(text: &str) -> Option<Self> {
+        let mut c = json::Canonical::new(text);
+        c.open()?;
+        let version = Self {
+            version: c.field("version")?.u64()?,
+            created_at: c.field("created_at")?.timestamp()?,
+            sealed: {
+                c.field("sealed")?.open()?;
+                let sealed = Sealed {
+                    kek_id: c.field("kek_id")?.string()?,
+                    wrapped_dek: crate::crypto::read_b64(c.field("wrapped_dek")?.str()?)?,
+                    ciphertext: crate::crypto::read_b64(c.field("ciphertext")?.str()?)?,
+                };
+                c.close()?;
+                sealed
+            },
+            expires_at: match c.has("expires_at") {
+                true => Some(c.timestamp()?),
+                false => None,
+            },
+        };
+        c.close()?;
+        c.end()?;
+        Some(version)
     }
 
     pub fn stamp(&self) -> VersionStamp {
@@ -478,6 +580,112 @@ mod tests {
         fn a_versions_json_is_serde_jsons(version in version()) {
             json::check_is_serde_jsons(&version.to_json(), &version)?;
         }
+
+        /// The stored forms read back whole, by the canonical reader
+        /// wherever nothing in them is escaped or out of its form.
+        #[test]
+        fn a_records_json_reads_back(record in record()) {
+            let text = String::from_utf8(record.to_json()).unwrap();
+            prop_assert_eq!(&SecretRecord::from_json(&text).unwrap(), &record);
+            if let Some(read) = SecretRecord::read_canonical(&text) {
+                prop_assert_eq!(&read, &record);
+            } else {
+                prop_assert!(!ordinary(&text), "{text}");
+            }
+        }
+
+        #[test]
+        fn a_versions_json_reads_back(version in version()) {
+            let text = String::from_utf8(version.to_json()).unwrap();
+            prop_assert_eq!(&VersionRecord::from_json(&text).unwrap(), &version);
+            if let Some(read) = VersionRecord::read_canonical(&text) {
+                prop_assert_eq!(&read, &version);
+            } else {
+                prop_assert!(!ordinary(&text), "{text}");
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// Whatever text the canonical reader accepts, `serde_json` reads as
+        /// the same value: a stored form with one byte deleted, replaced or
+        /// inserted where the form has its structure (around quotes,
+        /// separators and digits) is either read alike or left to `serde_json`.
+        #[test]
+        fn the_canonical_reader_never_reads_a_text_otherwise_than_serde(
+            record in record(), version in version(),
+            at in any::<prop::sample::Index>(), edit in 0..3u8,
+            byte in prop::sample::select(b"\",:{}[]0189-+.eEnul\\ Z/Tabc\t\x7f".to_vec()),
+        ) {
+            for text in [record.to_json(), version.to_json()] {
+                let mut text = text;
+                let structure: Vec<usize> = (0..=text.len())
+                    .filter(|i| {
+                        let near = |j: usize| text.get(j).is_some_and(|b| b"\":,{}0123456789".contains(b));
+                        near(*i) || (*i > 0 && near(i - 1))
+                    })
+                    .collect();
+                let i = structure[at.index(structure.len())];
+                match edit {
+                    0 if i < text.len() => { text.remove(i); }
+                    1 if i < text.len() => text[i] = byte,
+                    _ => text.insert(i, byte),
+                }
+                let Ok(text) = String::from_utf8(text) else { continue };
+                if let Some(read) = SecretRecord::read_canonical(&text) {
+                    prop_assert_eq!(serde_json::from_str::<SecretRecord>(&text).ok(), Some(read), "{}", text);
+                }
+                if let Some(read) = VersionRecord::read_canonical(&text) {
+                    prop_assert_eq!(serde_json::from_str::<VersionRecord>(&text).ok(), Some(read), "{}", text);
+                }
+            }
+        }
+    }
+
+    /// Text the canonical reader must read: no escape, and every timestamp
+    /// within years 0000 to 9999 (a string starting with a sign only makes
+    /// this say no more often).
+    fn ordinary(text: &str) -> bool {
+        !text.contains('\\') && !text.contains("\"+") && !text.contains("\"-")
+    }
+
+    #[test]
+    fn records_as_cjson_writes_them_are_read_by_serde() {
+        let record = SecretRecord {
+            tenant: "acme".into(),
+            path: "a/b".into(),
+            active_version: 2,
+            latest_version: 3,
+            secret_type: SecretType::ApiKey,
+            tier: Tier::Critical,
+            description: None,
+            tags: BTreeMap::from([("team".into(), "x/y".into())]),
+            scope: Some("ops".into()),
+            owner: "spiffe://acme/a".into(),
+            created_at: DateTime::from_timestamp(1_764_633_600, 0).unwrap(),
+            updated_at: DateTime::from_timestamp(1_764_633_601, 5_000).unwrap(),
+            expires_at: None,
+            retired_expiry: BTreeMap::from([(
+                1,
+                DateTime::from_timestamp(1_764_633_602, 0).unwrap(),
+            )]),
+            revision: "r1".into(),
+        };
+        let canonical = String::from_utf8(record.to_json()).unwrap();
+        assert_eq!(
+            SecretRecord::read_canonical(&canonical),
+            Some(record.clone())
+        );
+        // cjson: `/` escaped, keys in another order, `null`s left out.
+        let cjson = canonical
+            .replace('/', "\\/")
+            .replace(r#""description":null,"#, "")
+            .replacen(r#"{"tenant":"acme","#, "{", 1)
+            .replacen('}', r#"},"tenant":"acme""#, 1);
+        assert_eq!(SecretRecord::read_canonical(&cjson), None, "{cjson}");
+        assert_eq!(SecretRecord::from_json(&cjson).unwrap(), record);
     }
 
     #[test]

@@ -111,7 +111,7 @@ pub fn serialize_opt<S: Serializer>(at: &Option<DateTime<Utc>>, s: S) -> Result<
 
 /// `text` in exactly the form [`write`] gives (`YYYY-MM-DDTHH:MM:SS`, 1 to 9
 /// fraction digits or none, `Z`); `None` for anything else, valid or not.
-fn parse(text: &str) -> Option<DateTime<Utc>> {
+pub(crate) fn parse(text: &str) -> Option<DateTime<Utc>> {
     let b = text.as_bytes();
     let shape = b.len() >= 20
         && b[4] == b'-'

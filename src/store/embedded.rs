@@ -18,8 +18,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    decode, encode, AuditFollower, Change, ChangeStream, Commit, IdempotencyRecord, Idempotent,
-    Snapshot, Store, StoreError, TokenUse, VersionWrite, WriteOutcome,
+    decode, decode_with, encode, AuditFollower, Change, ChangeStream, Commit, IdempotencyRecord,
+    Idempotent, Snapshot, Store, StoreError, TokenUse, VersionWrite, WriteOutcome,
 };
 use crate::crypto::Sealed;
 use crate::model::audit::{AuditEntry, AuditEvent, AuditId};
@@ -408,13 +408,13 @@ impl Store for EmbeddedStore {
             else {
                 return Ok(None);
             };
-            let record: SecretRecord = decode(&path, raw.value())?;
+            let record = decode_with(&path, raw.value(), SecretRecord::from_json)?;
             let wanted = version.unwrap_or(record.active_version);
             let versions = txn.open_table(VERSIONS).map_err(unavailable)?;
             let version = versions
                 .get((tenant.as_str(), path.as_str(), wanted))
                 .map_err(unavailable)?
-                .map(|raw| decode(&path, raw.value()))
+                .map(|raw| decode_with(&path, raw.value(), VersionRecord::from_json))
                 .transpose()?;
             Ok(Some((record, version)))
         })
@@ -463,13 +463,14 @@ impl Store for EmbeddedStore {
                     let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
                     for commit in &commits {
                         let path = commit.record.path.as_str();
-                        let current = match records
-                            .get((tenant.as_str(), path))
-                            .map_err(unavailable)?
-                        {
-                            Some(raw) => decode::<SecretRecord>(path, raw.value())?.latest_version,
-                            None => 0,
-                        };
+                        let current =
+                            match records.get((tenant.as_str(), path)).map_err(unavailable)? {
+                                Some(raw) => {
+                                    decode_with(path, raw.value(), SecretRecord::from_json)?
+                                        .latest_version
+                                }
+                                None => 0,
+                            };
                         let new_latest = commit.record.latest_version;
                         let taken = new_latest != current
                             && versions
@@ -518,7 +519,9 @@ impl Store for EmbeddedStore {
                 .get((tenant.as_str(), path.as_str()))
                 .map_err(unavailable)?
             {
-                Some(raw) => decode::<SecretRecord>(&path, raw.value())?.latest_version,
+                Some(raw) => {
+                    decode_with(&path, raw.value(), SecretRecord::from_json)?.latest_version
+                }
                 None => 0,
             };
             let mut next = txn.open_table(NEXT_VERSION).map_err(unavailable)?;
@@ -566,7 +569,7 @@ impl Store for EmbeddedStore {
                 let current = records
                     .get((t, p))
                     .map_err(unavailable)?
-                    .map(|raw| decode::<SecretRecord>(p, raw.value()))
+                    .map(|raw| decode_with(p, raw.value(), SecretRecord::from_json))
                     .transpose()?;
                 if !write.reserved {
                     let latest = current.as_ref().map_or(0, |r| r.latest_version);
@@ -763,7 +766,7 @@ impl Store for EmbeddedStore {
                 let mut versions = txn.open_table(VERSIONS).map_err(unavailable)?;
                 let key = (tenant.as_str(), path.as_str(), version);
                 let current = match versions.get(key).map_err(unavailable)? {
-                    Some(raw) => decode::<VersionRecord>(&path, raw.value())?,
+                    Some(raw) => decode_with(&path, raw.value(), VersionRecord::from_json)?,
                     None => return Ok(false),
                 };
                 if current.sealed.kek_id != expected.kek_id
@@ -964,7 +967,7 @@ impl Store for EmbeddedStore {
                 if after.as_deref() == Some(path) {
                     continue;
                 }
-                out.push(decode(path, raw.value())?);
+                out.push(decode_with(path, raw.value(), SecretRecord::from_json)?);
             }
             Ok(out)
         })

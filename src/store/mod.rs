@@ -529,12 +529,22 @@ pub trait AuditFollower: Send {
 /// and the text parsed as a `str`: `from_slice` checks every string on its
 /// own, which was a fifth of decoding a record.
 fn decode<T: serde::de::DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    decode_with(path, bytes, |text| serde_json::from_str(text))
+}
+
+/// A stored JSON value read by `parse` (a record's own reader, such as
+/// [`SecretRecord::from_json`]); unreadable text is [`StoreError::Corrupt`].
+fn decode_with<T>(
+    path: &str,
+    bytes: &[u8],
+    parse: impl FnOnce(&str) -> serde_json::Result<T>,
+) -> Result<T, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
         path: path.to_owned(),
         reason,
     };
     let text = std::str::from_utf8(bytes).map_err(|e| corrupt(e.to_string()))?;
-    serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))
+    parse(text).map_err(|e| corrupt(e.to_string()))
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {

@@ -41,8 +41,8 @@ use zeroize::Zeroizing;
 use chrono::{DateTime, Utc};
 
 use super::{
-    decode, encode, AuditFollower, Change, ChangeStream, Commit, IdempotencyRecord, Idempotent,
-    Snapshot, Store, StoreError, TokenUse, VersionWrite, WriteOutcome,
+    decode, decode_with, encode, AuditFollower, Change, ChangeStream, Commit, IdempotencyRecord,
+    Idempotent, Snapshot, Store, StoreError, TokenUse, VersionWrite, WriteOutcome,
 };
 use crate::crypto::Sealed;
 use crate::model::audit::{AuditEntry, AuditEvent, AuditId};
@@ -916,8 +916,10 @@ impl Store for RedisStore {
         let (Some(record), version) = found else {
             return Ok(None);
         };
-        let record: SecretRecord = decode(path, &record)?;
-        let version = version.map(|v| decode(path, &v)).transpose()?;
+        let record = decode_with(path, &record, SecretRecord::from_json)?;
+        let version = version
+            .map(|v| decode_with(path, &v, VersionRecord::from_json))
+            .transpose()?;
         Ok(Some((record, version)))
     }
 
@@ -1394,7 +1396,9 @@ impl Store for RedisStore {
             .iter()
             .zip(records)
             // A path deleted between the two calls is simply absent from the page.
-            .filter_map(|(path, bytes)| bytes.map(|b| decode(path, &b)))
+            .filter_map(|(path, bytes)| {
+                bytes.map(|b| decode_with(path, &b, SecretRecord::from_json))
+            })
             .collect()
     }
 

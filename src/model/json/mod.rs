@@ -5,6 +5,11 @@
 //! other string goes to `serde_json`. Every audit event is
 //! encoded with these (see [`super::audit::AuditEvent::to_json`]); the
 //! escaping loop was an eighth of a cached read's instructions.
+//! [`Canonical`] reads the stored records back in that same form.
+
+mod read;
+
+pub(crate) use read::Canonical;
 
 /// Whether `serde_json` writes `s` between quotes exactly as it is. A fold
 /// over every byte rather than `all`, which would stop at the first
