@@ -301,19 +301,6 @@ redis.call('PUBLISH', ARGV[6], 's:' .. ARGV[7])
 return 1
 ";
 
-/// Appends a batch of audit events in one call, all or none (a script runs
-/// whole): one reply for the batch, where a `MULTI`/`EXEC` pipeline had one per
-/// command and the events' ids, and one command to encode instead of one per
-/// event. KEYS: the stream. ARGV: MAXLEN (approximate), then each event's
-/// JSON. Returns the events' ids, in order.
-const APPEND_AUDIT: &str = r"
-local ids = {}
-for i = 2, #ARGV do
-  ids[i - 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[i])
-end
-return ids
-";
-
 /// Every command this module sends, directly, from its Lua scripts or from
 /// the client library (connection set-up, cluster topology), as ACL names.
 /// The one source of truth for `agentvault redis-acl`: code that sends a new
@@ -343,7 +330,7 @@ pub const SIDECAR_COMMANDS: &[&str] = &[
     "zrangebylex",
     "set",
     "pexpireat",
-    // MULTI/EXEC of atomic pipelines (tokens)
+    // MULTI/EXEC of atomic pipelines (tokens, audit batches)
     "multi",
     "exec",
     // audit stream
@@ -557,7 +544,6 @@ pub struct RedisStore {
     decide: Script,
     put_grant: Script,
     delete_grant: Script,
-    append_audit: Script,
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -775,7 +761,6 @@ impl RedisStore {
             decide: Script::new(DECIDE),
             put_grant: Script::new(PUT_GRANT),
             delete_grant: Script::new(DELETE_GRANT),
-            append_audit: Script::new(APPEND_AUDIT),
         }
     }
 
@@ -1412,12 +1397,25 @@ impl Store for RedisStore {
             return Ok(Vec::new());
         }
         let mut conn = self.conn().await?;
-        let mut append = self.append_audit.key(tenant_key(tenant, "audit"));
-        append.arg(max_len.max(1));
+        let key = tenant_key(tenant, "audit");
+        let mut pipe = redis::Pipeline::with_capacity(events.len());
+        pipe.atomic();
         for event in events {
-            append.arg(event.to_json());
+            let json = event.to_json();
+            // Sized once: growing a command's buffer arg by arg cost more
+            // than writing the event.
+            let mut xadd = redis::Cmd::with_capacity(8, key.len() + json.len() + 32);
+            xadd.arg("XADD")
+                .arg(&key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(max_len.max(1))
+                .arg("*")
+                .arg("e")
+                .arg(json);
+            pipe.add_command(xadd);
         }
-        let ids: Vec<String> = append.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let ids: Vec<String> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
         ids.iter()
             .map(|id| {
                 id.parse().map_err(|reason| StoreError::Corrupt {
