@@ -125,8 +125,11 @@ return v
 /// active, and the versions it drops.
 /// While the base is current, the write commits the writer's record as is:
 /// no JSON is decoded or encoded here. Otherwise it is rebased, as above.
+/// A writer whose base is usable sends initial record, patch, guard and
+/// prune as '' (they serve only a rebase) and sends them only when told.
 /// Returns {1} applied, {3} applied without its audit event, {0} conflict (guard changed, the number was taken
-/// by another write after a delete reset the numbering, or a claimed number is not the next free one), {2, answer} replayed.
+/// by another write after a delete reset the numbering, or a claimed number is not the next free one), {2, answer} replayed,
+/// {4} nothing done: the base is not current, call again with the rebase's arguments.
 const PUT_VERSION: &str = r"
 if ARGV[9] ~= '' then
   local prior = redis.call('GET', KEYS[4])
@@ -153,6 +156,7 @@ elseif ARGV[14] ~= '' then
 end
 local raw, rec
 if not current then
+  if ARGV[5] == '' then return {4} end
   raw = redis.call('HGET', KEYS[2], 'record')
   if raw then rec = cjson.decode(raw) else rec = cjson.decode(ARGV[3]) end
   local g = cjson.decode(ARGV[5])
@@ -1063,46 +1067,62 @@ impl Store for RedisStore {
             }
             None => (None, Vec::new()),
         };
-        let mut invocation = self.put_version.prepare_invoke();
-        invocation
-            .key(index_key(tenant))
-            .key(key(tenant, "s", path))
-            .key(key(tenant, "v", path))
-            .key(idem_key)
-            .key(tenant_key(tenant, "audit"))
-            .arg(write.version.version)
-            .arg(write.version.to_json())
-            .arg(write.initial.to_json())
-            .arg(encode(&write.patch))
-            .arg(encode(&write.guard))
-            .arg(encode(&write.prune))
-            .arg(changes_channel(tenant))
-            .arg(path)
-            .arg(answer)
-            .arg(ttl_ms)
-            .arg(event)
-            .arg(max_len)
-            .arg(if write.reserved { "1" } else { "0" })
-            .arg(usable.unwrap_or_default())
-            .arg(
-                outcome
-                    .as_ref()
-                    .map(SecretRecord::to_json)
-                    .unwrap_or_default(),
-            )
-            .arg(&revision)
-            .arg(outcome.as_ref().map_or(0, |r| r.latest_version))
-            .arg(outcome.as_ref().map_or(0, |r| r.active_version))
-            .arg(dropped);
-        let reply: Vec<Value> = invocation
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        match reply.as_slice() {
-            [Value::Int(1)] => Ok(WriteOutcome::Applied),
-            [Value::Int(3)] => Ok(WriteOutcome::AppliedUnaudited),
-            [Value::Int(2), Value::BulkString(prior)] => Ok(WriteOutcome::Replayed(prior.clone())),
-            _ => Err(StoreError::Conflict),
+        let outcome_json = outcome
+            .as_ref()
+            .map(SecretRecord::to_json)
+            .unwrap_or_default();
+        // With a usable base the first call leaves out what only a rebase
+        // reads; the script asks for it ({4}) if the base has moved on.
+        let mut rebase = usable.is_none();
+        loop {
+            let mut invocation = self.put_version.prepare_invoke();
+            invocation
+                .key(index_key(tenant))
+                .key(key(tenant, "s", path))
+                .key(key(tenant, "v", path))
+                .key(&idem_key)
+                .key(tenant_key(tenant, "audit"))
+                .arg(write.version.version)
+                .arg(write.version.to_json());
+            if rebase {
+                invocation
+                    .arg(write.initial.to_json())
+                    .arg(encode(&write.patch))
+                    .arg(encode(&write.guard))
+                    .arg(encode(&write.prune));
+            } else {
+                invocation.arg("").arg("").arg("").arg("");
+            }
+            invocation
+                .arg(changes_channel(tenant))
+                .arg(path)
+                .arg(&answer)
+                .arg(ttl_ms)
+                .arg(&event)
+                .arg(max_len)
+                .arg(if write.reserved { "1" } else { "0" })
+                .arg(usable.unwrap_or_default())
+                .arg(&outcome_json)
+                .arg(&revision)
+                .arg(outcome.as_ref().map_or(0, |r| r.latest_version))
+                .arg(outcome.as_ref().map_or(0, |r| r.active_version))
+                .arg(&dropped);
+            let reply: Vec<Value> = invocation
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            return match reply.as_slice() {
+                [Value::Int(1)] => Ok(WriteOutcome::Applied),
+                [Value::Int(3)] => Ok(WriteOutcome::AppliedUnaudited),
+                [Value::Int(2), Value::BulkString(prior)] => {
+                    Ok(WriteOutcome::Replayed(prior.clone()))
+                }
+                [Value::Int(4)] if !rebase => {
+                    rebase = true;
+                    continue;
+                }
+                _ => Err(StoreError::Conflict),
+            };
         }
     }
 
