@@ -1134,6 +1134,33 @@ async fn redis_change_stream_ends_when_its_connection_is_lost() {
     assert_eq!(next_change(&mut again).await, Change::Secret("a".into()));
 }
 
+/// Redis forgets loaded scripts when it restarts or a replica takes over; a
+/// write then finds its script unknown (`NOSCRIPT`), loads it and is applied
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_writes_reload_scripts_the_server_forgot() {
+    let server = support::RedisServer::start();
+    let store = RedisStore::new(RedisTarget::Standalone(server.url()));
+    for n in 1..=2 {
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query(&mut server.connection())
+            .unwrap();
+        let write = version_write(
+            "flushed",
+            store.reserve_version(T, "flushed").await.unwrap(),
+            "a",
+        );
+        assert!(matches!(
+            store.write_version(T, &write).await.unwrap(),
+            WriteOutcome::Applied
+        ));
+        let (record, _) = store.read(T, "flushed", None).await.unwrap().unwrap();
+        assert_eq!(record.latest_version, write.version.version, "write {n}");
+    }
+    assert_eq!(store.versions(T, "flushed").await.unwrap().len(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_announces_every_tenants_changes_to_a_subscriber_on_any_node() {
     let cluster = support::cluster::RedisCluster::start();

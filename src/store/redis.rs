@@ -550,6 +550,36 @@ pub struct RedisStore {
     delete_grant: Script,
 }
 
+/// `EVALSHA` of `script` on `keys`, sized for `args` more arguments of
+/// `bytes` in all, to which the caller adds them. Built in one buffer: a
+/// `ScriptInvocation` copies each argument into a `Vec` of its own and then
+/// again into the command, 19 allocations for a PUT's write.
+fn script_call(script: &Script, keys: &[String], args: usize, bytes: usize) -> Cmd {
+    let mut cmd = Cmd::with_capacity(3 + keys.len() + args, bytes + keys.len() * 64 + 64);
+    cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys.len());
+    for key in keys {
+        cmd.arg(key);
+    }
+    cmd
+}
+
+/// Runs a [`script_call`]; a server that does not know the script yet
+/// (`NOSCRIPT`, as after a restart or a failover) is sent it and asked again,
+/// as `Script::invoke_async` does.
+async fn invoke<T: redis::FromRedisValue>(
+    conn: &mut Conn,
+    script: &Script,
+    call: &Cmd,
+) -> redis::RedisResult<T> {
+    match call.query_async(conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            script.load_async(conn).await?;
+            call.query_async(conn).await
+        }
+        reply => reply,
+    }
+}
+
 fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -1073,17 +1103,19 @@ impl Store for RedisStore {
             .unwrap_or_default();
         // With a usable base the first call leaves out what only a rebase
         // reads; the script asks for it ({4}) if the base has moved on.
+        let version_json = write.version.to_json();
+        let keys = [
+            index_key(tenant),
+            key(tenant, "s", path),
+            key(tenant, "v", path),
+            idem_key,
+            tenant_key(tenant, "audit"),
+        ];
         let mut rebase = usable.is_none();
         loop {
-            let mut invocation = self.put_version.prepare_invoke();
-            invocation
-                .key(index_key(tenant))
-                .key(key(tenant, "s", path))
-                .key(key(tenant, "v", path))
-                .key(&idem_key)
-                .key(tenant_key(tenant, "audit"))
-                .arg(write.version.version)
-                .arg(write.version.to_json());
+            let size = version_json.len() + outcome_json.len() + event.len() + 512;
+            let mut invocation = script_call(&self.put_version, &keys, 24, size);
+            invocation.arg(write.version.version).arg(&version_json);
             if rebase {
                 invocation
                     .arg(write.initial.to_json())
@@ -1107,8 +1139,7 @@ impl Store for RedisStore {
                 .arg(outcome.as_ref().map_or(0, |r| r.latest_version))
                 .arg(outcome.as_ref().map_or(0, |r| r.active_version))
                 .arg(&dropped);
-            let reply: Vec<Value> = invocation
-                .invoke_async(&mut conn)
+            let reply: Vec<Value> = invoke(&mut conn, &self.put_version, &invocation)
                 .await
                 .map_err(unavailable)?;
             return match reply.as_slice() {
