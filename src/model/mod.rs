@@ -228,57 +228,51 @@ impl SecretRecord {
     /// cjson writes when Redis rebases a record) by `serde_json`, which reads
     /// the writers' form alike (a property test holds the two equal).
     pub fn from_json(text: &str) -> serde_json::Result<Self> {
-        match Self::read_canonical(text) {
-            Some(record) => Ok(record),
-            None => serde_json::from_str(text),
-        }
+        json::or_serde(text, Self::read_canonical)
     }
 
     fn read_canonical(text: &str) -> Option<Self> {
-        let mut c = json::Canonical::new(text);
-        c.open()?;
-        let record = Self {
-            tenant: c.field("tenant")?.string()?,
-            path: c.field("path")?.string()?,
-            active_version: c.field("active_version")?.u64()?,
-            latest_version: c.field("latest_version")?.u64()?,
-            secret_type: SecretType::named(c.field("type")?.str()?)?,
-            tier: Tier::named(c.field("tier")?.str()?)?,
-            description: c.field("description")?.opt_string()?,
-            tags: {
-                let mut tags = BTreeMap::new();
-                c.field("tags")?.entries(|key, c| {
-                    tags.insert(key.to_owned(), c.string()?);
-                    Some(())
-                })?;
-                tags
-            },
-            scope: c.field("scope")?.opt_string()?,
-            owner: c.field("owner")?.string()?,
-            created_at: c.field("created_at")?.timestamp()?,
-            updated_at: c.field("updated_at")?.timestamp()?,
-            expires_at: c.field("expires_at")?.opt_timestamp()?,
-            retired_expiry: {
-                let mut retired = BTreeMap::new();
-                if c.has("retired_expiry") {
-                    c.entries(|version, c| {
-                        let mut number = json::Canonical::new(version);
-                        let version = number.u64()?;
-                        number.end()?;
-                        retired.insert(version, c.timestamp()?);
+        json::Canonical::object(text, |c| {
+            Some(Self {
+                tenant: c.field("tenant")?.string()?,
+                path: c.field("path")?.string()?,
+                active_version: c.field("active_version")?.u64()?,
+                latest_version: c.field("latest_version")?.u64()?,
+                secret_type: SecretType::named(c.field("type")?.str()?)?,
+                tier: Tier::named(c.field("tier")?.str()?)?,
+                description: c.field("description")?.opt_string()?,
+                tags: {
+                    let mut tags = BTreeMap::new();
+                    c.field("tags")?.entries(|key, c| {
+                        tags.insert(key.to_owned(), c.string()?);
                         Some(())
                     })?;
-                }
-                retired
-            },
-            revision: match c.has("revision") {
-                true => c.string()?,
-                false => String::new(),
-            },
-        };
-        c.close()?;
-        c.end()?;
-        Some(record)
+                    tags
+                },
+                scope: c.field("scope")?.opt_string()?,
+                owner: c.field("owner")?.string()?,
+                created_at: c.field("created_at")?.timestamp()?,
+                updated_at: c.field("updated_at")?.timestamp()?,
+                expires_at: c.field("expires_at")?.opt_timestamp()?,
+                retired_expiry: {
+                    let mut retired = BTreeMap::new();
+                    if c.has("retired_expiry") {
+                        c.entries(|version, c| {
+                            let mut number = json::Canonical::new(version);
+                            let version = number.u64()?;
+                            number.end()?;
+                            retired.insert(version, c.timestamp()?);
+                            Some(())
+                        })?;
+                    }
+                    retired
+                },
+                revision: match c.has("revision") {
+                    true => c.string()?,
+                    false => String::new(),
+                },
+            })
+        })
     }
 
     /// When `version` stops being readable, if ever: the secret's expiry for
@@ -350,36 +344,30 @@ impl VersionRecord {
 
     /// Reads the stored form, as [`SecretRecord::from_json`] does.
     pub fn from_json(text: &str) -> serde_json::Result<Self> {
-        match Self::read_canonical(text) {
-            Some(version) => Ok(version),
-            None => serde_json::from_str(text),
-        }
+        json::or_serde(text, Self::read_canonical)
     }
 
     fn read_canonical(text: &str) -> Option<Self> {
-        let mut c = json::Canonical::new(text);
-        c.open()?;
-        let version = Self {
-            version: c.field("version")?.u64()?,
-            created_at: c.field("created_at")?.timestamp()?,
-            sealed: {
-                c.field("sealed")?.open()?;
-                let sealed = Sealed {
-                    kek_id: c.field("kek_id")?.string()?,
-                    wrapped_dek: crate::crypto::read_b64(c.field("wrapped_dek")?.str()?)?,
-                    ciphertext: crate::crypto::read_b64(c.field("ciphertext")?.str()?)?,
-                };
-                c.close()?;
-                sealed
-            },
-            expires_at: match c.has("expires_at") {
-                true => Some(c.timestamp()?),
-                false => None,
-            },
-        };
-        c.close()?;
-        c.end()?;
-        Some(version)
+        json::Canonical::object(text, |c| {
+            Some(Self {
+                version: c.field("version")?.u64()?,
+                created_at: c.field("created_at")?.timestamp()?,
+                sealed: {
+                    c.field("sealed")?.open()?;
+                    let sealed = Sealed {
+                        kek_id: c.field("kek_id")?.string()?,
+                        wrapped_dek: crate::crypto::read_b64(c.field("wrapped_dek")?.str()?)?,
+                        ciphertext: crate::crypto::read_b64(c.field("ciphertext")?.str()?)?,
+                    };
+                    c.close()?;
+                    sealed
+                },
+                expires_at: match c.has("expires_at") {
+                    true => Some(c.timestamp()?),
+                    false => None,
+                },
+            })
+        })
     }
 
     pub fn stamp(&self) -> VersionStamp {

@@ -9,7 +9,7 @@
 
 mod read;
 
-pub(crate) use read::Canonical;
+pub(crate) use read::{or_serde, Canonical};
 
 /// Whether `serde_json` writes `s` between quotes exactly as it is. A fold
 /// over every byte rather than `all`, which would stop at the first

@@ -21,7 +21,31 @@ pub(crate) struct Canonical<'a> {
     first: bool,
 }
 
+/// `text` read by `canonical` where it reads it, else by `serde_json`.
+pub(crate) fn or_serde<T: serde::de::DeserializeOwned>(
+    text: &str,
+    canonical: impl FnOnce(&str) -> Option<T>,
+) -> serde_json::Result<T> {
+    match canonical(text) {
+        Some(value) => Ok(value),
+        None => serde_json::from_str(text),
+    }
+}
+
 impl<'a> Canonical<'a> {
+    /// `text` as one object whose fields `fields` reads, and nothing after it.
+    pub(crate) fn object<T>(
+        text: &'a str,
+        fields: impl FnOnce(&mut Self) -> Option<T>,
+    ) -> Option<T> {
+        let mut c = Self::new(text);
+        c.open()?;
+        let value = fields(&mut c)?;
+        c.close()?;
+        c.end()?;
+        Some(value)
+    }
+
     pub(crate) fn new(text: &'a str) -> Self {
         Self {
             text,
