@@ -553,7 +553,7 @@ pub struct RedisStore {
 /// `EVALSHA` of `script` on `keys`, sized for `args` more arguments of
 /// `bytes` in all, to which the caller adds them. Built in one buffer: a
 /// `ScriptInvocation` copies each argument into a `Vec` of its own and then
-/// again into the command, 19 allocations for a PUT's write.
+/// again into the command, an allocation per argument (24 for a PUT's write).
 fn script_call(script: &Script, keys: &[String], args: usize, bytes: usize) -> Cmd {
     let mut cmd = Cmd::with_capacity(3 + keys.len() + args, bytes + keys.len() * 64 + 64);
     cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys.len());
@@ -1101,8 +1101,6 @@ impl Store for RedisStore {
             .as_ref()
             .map(SecretRecord::to_json)
             .unwrap_or_default();
-        // With a usable base the first call leaves out what only a rebase
-        // reads; the script asks for it ({4}) if the base has moved on.
         let version_json = write.version.to_json();
         let keys = [
             index_key(tenant),
@@ -1111,6 +1109,8 @@ impl Store for RedisStore {
             idem_key,
             tenant_key(tenant, "audit"),
         ];
+        // With a usable base the first call leaves out what only a rebase
+        // reads; the script asks for it ({4}) if the base has moved on.
         let mut rebase = usable.is_none();
         loop {
             let size = version_json.len() + outcome_json.len() + event.len() + 512;

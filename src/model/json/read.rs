@@ -11,16 +11,6 @@ use chrono::{DateTime, Utc};
 
 use super::super::timestamp;
 
-/// A cursor over JSON text in the writers' form: no whitespace, an object's
-/// fields in the order given, strings without escapes. Every method returns
-/// `None` where the text is not in that form.
-pub(crate) struct Canonical<'a> {
-    text: &'a str,
-    at: usize,
-    /// Whether the next field is an object's first (no comma before it).
-    first: bool,
-}
-
 /// `text` read by `canonical` where it reads it, else by `serde_json`.
 pub(crate) fn or_serde<T: serde::de::DeserializeOwned>(
     text: &str,
@@ -30,6 +20,16 @@ pub(crate) fn or_serde<T: serde::de::DeserializeOwned>(
         Some(value) => Ok(value),
         None => serde_json::from_str(text),
     }
+}
+
+/// A cursor over JSON text in the writers' form: no whitespace, an object's
+/// fields in the order given, strings without escapes. Every method returns
+/// `None` where the text is not in that form.
+pub(crate) struct Canonical<'a> {
+    text: &'a str,
+    at: usize,
+    /// Whether the next field is an object's first (no comma before it).
+    first: bool,
 }
 
 impl<'a> Canonical<'a> {
