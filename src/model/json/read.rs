@@ -108,16 +108,16 @@ impl<'a> Canonical<'a> {
         found
     }
 
-    /// A string without escapes or control characters, as the text holds it.
+    /// A string without escapes or control characters, as the text holds it:
+    /// exactly the strings the writers copy whole ([`super::plain`]).
     pub(crate) fn str(&mut self) -> Option<&'a str> {
         self.byte(b'"')?;
-        let rest = &self.text.as_bytes()[self.at..];
-        let len = memchr::memchr2(b'"', b'\\', rest)?;
-        if rest[len] != b'"' || !rest[..len].iter().fold(true, |ok, b| ok & (*b >= 0x20)) {
-            return None;
-        }
+        let len = memchr::memchr(b'"', &self.text.as_bytes()[self.at..])?;
         // Both ends are ASCII quotes, so this is a whole str.
         let s = self.text.get(self.at..self.at + len)?;
+        if !super::plain(s) {
+            return None;
+        }
         self.at += len + 1;
         Some(s)
     }
