@@ -525,15 +525,16 @@ pub trait AuditFollower: Send {
     ) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
-/// A stored JSON text. Its UTF-8 is checked once, in one vectorized pass,
-/// and the text parsed as a `str`: `from_slice` checks every string on its
-/// own, which was a fifth of decoding a record.
+/// A stored JSON value read by `serde_json` (see [`decode_with`]).
 fn decode<T: serde::de::DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T, StoreError> {
     decode_with(path, bytes, |text| serde_json::from_str(text))
 }
 
 /// A stored JSON value read by `parse` (a record's own reader, such as
 /// [`SecretRecord::from_json`]); unreadable text is [`StoreError::Corrupt`].
+/// Its UTF-8 is checked once, in one vectorized pass, and `parse` gets a
+/// `str`: `serde_json::from_slice` checks every string on its own, which was
+/// a fifth of decoding a record.
 fn decode_with<T>(
     path: &str,
     bytes: &[u8],
