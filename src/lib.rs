@@ -6,6 +6,7 @@
 //! [`webhook`] (Kubernetes admission) → [`vault`] (domain) → [`crypto`] and [`store`].
 //! [`identity`] says who is asking; [`metrics`] counts what happened.
 
+pub mod allocator;
 pub mod audit;
 pub mod backoff;
 pub mod cli;
