@@ -290,6 +290,7 @@ fn version_write(path: &str, n: u64, who: &str) -> VersionWrite {
         guard: Guard::of(&initial),
         initial,
         base: None,
+        base_only: false,
         patch: RecordPatch {
             updated_at: Utc::now(),
             expires_at: None,
@@ -315,7 +316,7 @@ async fn fifty_reserved_writers_all_succeed_with_distinct_versions(store: Arc<dy
                 .write_version(T, &version_write("hot", n, &i.to_string()))
                 .await
                 .unwrap();
-            assert_eq!(outcome, WriteOutcome::Applied);
+            assert!(outcome.applied(), "{outcome:?}");
             n
         }));
     }
@@ -346,7 +347,7 @@ async fn an_unreserved_write_takes_only_the_next_free_number(store: Arc<dyn Stor
     };
     for n in [1, 2] {
         let outcome = store.write_version(T, &unreserved(n, "a")).await.unwrap();
-        assert_eq!(outcome, WriteOutcome::Applied);
+        assert!(outcome.applied(), "{outcome:?}");
     }
     let taken = store.reserve_version(T, "claim").await.unwrap();
     assert_eq!(taken, 3);
@@ -365,7 +366,7 @@ async fn an_unreserved_write_takes_only_the_next_free_number(store: Arc<dyn Stor
         .await
         .unwrap();
     let outcome = store.write_version(T, &unreserved(4, "d")).await.unwrap();
-    assert_eq!(outcome, WriteOutcome::Applied);
+    assert!(outcome.applied(), "{outcome:?}");
     assert_eq!(store.reserve_version(T, "claim").await.unwrap(), 5);
     let stored = version_numbers(store.as_ref(), "claim").await;
     assert_eq!(stored, [1, 2, 3, 4]);
@@ -539,6 +540,54 @@ async fn a_write_on_a_stale_base_is_rebased_onto_the_current_record(store: Arc<d
     assert_eq!(version_numbers(store.as_ref(), "base").await, [1, 2]);
 }
 
+/// A base-only write commits only on its base: on a base another write
+/// replaced it writes nothing (no version, no audit event, the record as it
+/// was) and says so; on the current one it commits, and a store that reports
+/// the commit as planned on its base holds exactly the planned record.
+async fn a_base_only_write_never_commits_on_a_replaced_base(store: Arc<dyn Store>) {
+    let read = |store: Arc<dyn Store>| async move {
+        let (record, _) = store.read(T, "only", None).await.unwrap().unwrap();
+        record
+    };
+    let on = |n: u64, who: &str, base: SecretRecord| {
+        let mut write = version_write("only", n, who);
+        write.reserved = false;
+        write.base = Some(base);
+        write.base_only = true;
+        write.audit = Some(AuditAppend {
+            event: audit_event("only"),
+            max_len: 100,
+        });
+        write
+    };
+    let mut first = version_write("only", 1, "a");
+    first.reserved = false;
+    store.write_version(T, &first).await.unwrap();
+    let base = read(store.clone()).await;
+
+    let second = on(2, "b", base.clone());
+    let outcome = store.write_version(T, &second).await.unwrap();
+    assert!(outcome.applied(), "{outcome:?}");
+    let stored = read(store.clone()).await;
+    if let WriteOutcome::AppliedOnBase { revision } = &outcome {
+        let (mut planned, _) = second.outcome(Some(base.clone()));
+        planned.revision.clone_from(revision);
+        assert_eq!(stored, planned, "the planned record, as is");
+    }
+    assert_eq!(store.audit_newest(T, 10).await.unwrap().len(), 1);
+
+    // `base` was replaced by version 2's write.
+    let outcome = store.write_version(T, &on(3, "c", base)).await.unwrap();
+    assert_eq!(outcome, WriteOutcome::Stale);
+    assert_eq!(read(store.clone()).await, stored, "the record as it was");
+    assert_eq!(version_numbers(store.as_ref(), "only").await, [1, 2]);
+    assert_eq!(
+        store.audit_newest(T, 10).await.unwrap().len(),
+        1,
+        "no event"
+    );
+}
+
 async fn an_idempotency_key_replays_the_first_answer_and_writes_nothing(store: Arc<dyn Store>) {
     assert_eq!(store.idempotent_answer(T, "k1").await.unwrap(), None);
     let keyed = |n: u64, answer: &[u8], ttl: Duration| {
@@ -556,7 +605,7 @@ async fn an_idempotency_key_replays_the_first_answer_and_writes_nothing(store: A
         .write_version(T, &keyed(first, b"first answer", day))
         .await
         .unwrap();
-    assert_eq!(outcome, WriteOutcome::Applied);
+    assert!(outcome.applied(), "{outcome:?}");
     let retry = store.reserve_version(T, "idem").await.unwrap();
     let outcome = store
         .write_version(T, &keyed(retry, b"second answer", day))
@@ -1101,6 +1150,7 @@ conformance!(
     a_write_that_commits_after_a_higher_number_stays_inactive,
     guarded_writes_refuse_a_changed_record_and_write_nothing,
     a_write_on_a_stale_base_is_rebased_onto_the_current_record,
+    a_base_only_write_never_commits_on_a_replaced_base,
     an_idempotency_key_replays_the_first_answer_and_writes_nothing,
     a_writes_audit_event_is_stored_with_it_or_not_at_all,
     commit_all_is_all_or_nothing,
@@ -1151,10 +1201,7 @@ async fn redis_writes_reload_scripts_the_server_forgot() {
             store.reserve_version(T, "flushed").await.unwrap(),
             "a",
         );
-        assert!(matches!(
-            store.write_version(T, &write).await.unwrap(),
-            WriteOutcome::Applied
-        ));
+        assert!(store.write_version(T, &write).await.unwrap().applied());
         let (record, _) = store.read(T, "flushed", None).await.unwrap().unwrap();
         assert_eq!(record.latest_version, write.version.version, "write {n}");
     }

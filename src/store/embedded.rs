@@ -583,6 +583,9 @@ impl Store for EmbeddedStore {
                         return Err(StoreError::Conflict);
                     }
                 }
+                if write.base_only && current != write.base {
+                    return Ok(WriteOutcome::Stale);
+                }
                 if !write.guard.admits(current.as_ref(), &write.initial) {
                     return Err(StoreError::Conflict);
                 }

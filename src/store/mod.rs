@@ -81,6 +81,11 @@ pub struct VersionWrite {
     /// instead of applying `patch` to what it finds: the same result, without
     /// re-reading and re-encoding the record inside the commit.
     pub base: Option<SecretRecord>,
+    /// Commit only on `base`: if it is no longer current, write nothing and
+    /// answer [`WriteOutcome::Stale`] instead of applying `patch` to what is.
+    /// For a writer whose base is a guess (what its own last write left),
+    /// whose checks must then be made again on what the store holds.
+    pub base_only: bool,
     pub patch: RecordPatch,
     pub guard: Guard,
     /// Old versions to drop (history retention); never the one left active.
@@ -250,12 +255,30 @@ impl<T> Idempotent<T> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOutcome {
     Applied,
+    /// Applied as planned on `base`: the store now holds exactly
+    /// [`VersionWrite::outcome`] of the base, under this new revision.
+    AppliedOnBase {
+        revision: String,
+    },
     /// Applied, but the audit stream would not take its event (a damaged
     /// stream key); the caller must record the event another way.
     AppliedUnaudited,
     /// Its idempotency key was taken already, by an earlier write or one that
     /// raced it; nothing was written. Holds that write's answer.
     Replayed(Vec<u8>),
+    /// A [`VersionWrite::base_only`] write whose base was no longer current:
+    /// nothing was written.
+    Stale,
+}
+
+impl WriteOutcome {
+    /// Whether the write was applied, on its base or not.
+    pub fn applied(&self) -> bool {
+        matches!(
+            self,
+            Self::Applied | Self::AppliedOnBase { .. } | Self::AppliedUnaudited
+        )
+    }
 }
 
 /// What presenting a token did. Only `Spent` used up one of its uses.

@@ -127,7 +127,7 @@ return v
 /// no JSON is decoded or encoded here. Otherwise it is rebased, as above.
 /// A writer whose base is usable sends initial record, patch, guard and
 /// prune as '' (they serve only a rebase) and sends them only when told.
-/// Returns {1} applied, {3} applied without its audit event, {0} conflict (guard changed, the number was taken
+/// Returns {1} applied ({1, 1}: as the writer's record, on its base), {3} applied without its audit event, {0} conflict (guard changed, the number was taken
 /// by another write after a delete reset the numbering, or a claimed number is not the next free one), {2, answer} replayed,
 /// {4} nothing done: the base is not current, call again with the rebase's arguments.
 const PUT_VERSION: &str = r"
@@ -218,6 +218,7 @@ if not exists then redis.call('ZADD', KEYS[1], 0, ARGV[8]) end
 if ARGV[9] ~= '' then redis.call('SET', KEYS[4], ARGV[9], 'PX', ARGV[10]) end
 redis.call('PUBLISH', ARGV[7], 's:' .. ARGV[8])
 if audited == 0 then return {3} end
+if current then return {1, 1} end
 return {1}
 ";
 
@@ -1109,6 +1110,9 @@ impl Store for RedisStore {
             idem_key,
             tenant_key(tenant, "audit"),
         ];
+        if write.base_only && usable.is_none() {
+            return Ok(WriteOutcome::Stale);
+        }
         // With a usable base the first call leaves out what only a rebase
         // reads; the script asks for it ({4}) if the base has moved on.
         let mut rebase = usable.is_none();
@@ -1144,10 +1148,12 @@ impl Store for RedisStore {
                 .map_err(unavailable)?;
             return match reply.as_slice() {
                 [Value::Int(1)] => Ok(WriteOutcome::Applied),
+                [Value::Int(1), Value::Int(1)] => Ok(WriteOutcome::AppliedOnBase { revision }),
                 [Value::Int(3)] => Ok(WriteOutcome::AppliedUnaudited),
                 [Value::Int(2), Value::BulkString(prior)] => {
                     Ok(WriteOutcome::Replayed(prior.clone()))
                 }
+                [Value::Int(4)] if write.base_only => Ok(WriteOutcome::Stale),
                 [Value::Int(4)] if !rebase => {
                     rebase = true;
                     continue;

@@ -508,6 +508,7 @@ impl Vault {
                 versions: Vec::new(),
                 prune,
             };
+            self.write_bases.forget(path.as_str());
             match self.store.commit(&self.workload.tenant, &commit).await {
                 Err(StoreError::Conflict) => tokio::task::yield_now().await,
                 done => return done.map_err(VaultError::from),

@@ -10,6 +10,7 @@ mod import;
 mod lifecycle;
 mod redact;
 mod rewrap;
+mod write_base;
 
 pub use self::access::{AccessSettings, ApprovalView, TokenIssued, TokenRequest};
 pub use self::audit::{AuditFollow, DEFAULT_AUDIT_LIMIT};
@@ -35,6 +36,7 @@ use zeroize::Zeroizing;
 use self::access::{resource, Access};
 use self::idempotency::Once;
 use self::lifecycle::History;
+use self::write_base::{Known, WriteBases};
 use crate::audit::{Auditor, EventKind};
 use crate::crypto::{Binding, CryptoError, TenantCipher};
 use crate::identity::{Caller, WorkloadIdentity};
@@ -414,6 +416,8 @@ pub struct Vault {
     audit: Auditor,
     /// The leak guard's cached automata (see `redact.rs`).
     redactor: Arc<redact::Redactor>,
+    /// What our own last write of each secret left (see `write_base.rs`).
+    write_bases: WriteBases,
 }
 
 fn parse_path(path: &str) -> Result<SecretPath, VaultError> {
@@ -439,6 +443,7 @@ impl Vault {
             access,
             audit,
             redactor: Arc::new(redact::Redactor::new()),
+            write_bases: WriteBases::default(),
         }
     }
 
@@ -499,6 +504,21 @@ impl Vault {
         self.at_most_once(once, || async {
             let written = self
                 .retrying(|| async {
+                    let first = attempts.fetch_add(1, Ordering::Relaxed) == 0;
+                    // The first attempt starts from what our own last write
+                    // of the path left, if we remember it (`write_base.rs`).
+                    let base = if first { self.write_bases.take(path.as_str()) } else { None };
+                    if let Some(base) = base {
+                        let planned = self
+                            .plan_on_base(&access, &path, base, &req, once, caller)
+                            .await?;
+                        if let Some((write, known)) = planned {
+                            match self.store.write_version(tenant, &write).await {
+                                Ok(WriteOutcome::Stale) | Err(StoreError::Conflict) => {}
+                                done => return self.written(write, known, done?, false),
+                            }
+                        }
+                    }
                     // One round trip for both: what retention reads of the
                     // history is read beside the record.
                     let (current, history) =
@@ -524,26 +544,15 @@ impl Vault {
                         });
                     }
                     let latest = current.as_ref().map_or(0, |r| r.latest_version);
+                    let known = history.as_ref().map(Known::of);
                     // The first attempt claims the next number in its
                     // commit; one that lost a race reserves it first.
-                    let reserve = attempts.fetch_add(1, Ordering::Relaxed) > 0;
                     let write = self
-                        .plan_version(&path, (current, history), &req, once, caller, reserve)
+                        .plan_version(&path, (current, history), &req, once, caller, !first)
                         .await?;
-                    let version = write.version.version;
-                    let raced = version != latest + 1;
-                    Ok(match self.store.write_version(tenant, &write).await? {
-                        WriteOutcome::Applied => {
-                            Idempotent::Applied((version, raced, write.audit.map(|a| (a.event, true))))
-                        }
-                        WriteOutcome::AppliedUnaudited => Idempotent::Applied((
-                            version,
-                            raced,
-                            write.audit.map(|a| (a.event, false)),
-                        )),
-                        // A retry of this request on another sidecar got there first.
-                        WriteOutcome::Replayed(prior) => Idempotent::Replayed(prior),
-                    })
+                    let raced = write.version.version != latest + 1;
+                    let outcome = self.store.write_version(tenant, &write).await?;
+                    self.written(write, known, outcome, raced)
                 })
                 .await?;
             let (written, raced, event) = match written {
@@ -630,6 +639,7 @@ impl Vault {
             },
             initial,
             base: current,
+            base_only: false,
             patch: RecordPatch {
                 updated_at: now,
                 expires_at: req.expires_at,
@@ -652,6 +662,7 @@ impl Vault {
         commit: &Commit,
         once: Option<&IdempotencyRecord>,
     ) -> Result<Idempotent<()>, VaultError> {
+        self.write_bases.forget(&commit.record.path);
         Ok(self
             .store
             .commit_all_once(&self.workload.tenant, std::slice::from_ref(commit), once)
@@ -985,6 +996,7 @@ impl Vault {
             self.authorize(&access, Action::Delete, Resource::of(&record))
                 .await?;
             let record = self.once_record(once, &())?;
+            self.write_bases.forget(path.as_str());
             match self
                 .store
                 .delete_once(&self.workload.tenant, path.as_str(), record.as_ref())

@@ -511,9 +511,13 @@ impl Shared {
         }
     }
 
-    /// A dev sidecar of `tenant`/`agent` on the shared Redis and keyring.
+    /// A dev sidecar of `tenant`/`agent` on the shared Redis and keyring
+    /// (one agent may have several: pods of one workload).
     pub fn sidecar(&self, tenant: &str, agent: &str, extra: &[&str]) -> Sidecar {
-        let dir = self.dir.path().join(format!("{tenant}-{agent}"));
+        let dir = (1..)
+            .map(|n| self.dir.path().join(format!("{tenant}-{agent}-{n}")))
+            .find(|dir| !dir.exists())
+            .expect("a free directory");
         std::fs::create_dir(&dir).expect("sidecar dir");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let url = self.redis.url();

@@ -1,0 +1,224 @@
+//! What this sidecar's own last write of a secret left, so that its next
+//! write of the same secret can start from it instead of reading the record
+//! and the version history back from the store.
+//!
+//! An agent that rotates its own key writes the same secret again and again,
+//! and nobody else writes it in between. Reading back what we wrote cost a
+//! PUT two of its three round trips to Redis (the record with the version
+//! numbers, then the stamps of the versions retention may drop). Now the
+//! write is planned on what our last write left and sent with
+//! [`VersionWrite::base_only`]: the store commits it only while that record
+//! is still the current one (Redis compares the record's revision inside the
+//! write's own script: every write of the record changes it, and every write
+//! that adds, drops or re-dates a version writes the record, so the versions
+//! and stamps remembered with it hold as long as it does). If another write
+//! came between, nothing is written and the
+//! write is planned again from what the store holds, with every check
+//! (policy, scope, `cas`) made again on it; a check that fails on the
+//! remembered record is never answered from it either. So a remembered base
+//! can cost a round trip, never a wrong answer.
+//!
+//! Only a write the store says it committed as planned on its base
+//! ([`WriteOutcome::AppliedOnBase`]) is remembered, under the revision the
+//! store gave it; the embedded store gives none, so there nothing is.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use super::access::{resource, Access};
+use super::idempotency::Once;
+use super::lifecycle::History;
+use super::{check_scope, PutRequest, Vault, VaultError};
+use crate::identity::Caller;
+use crate::model::audit::AuditEvent;
+use crate::model::{SecretPath, SecretRecord, VersionStamp};
+use crate::policy::Action;
+use crate::store::{Idempotent, VersionWrite, WriteOutcome};
+
+/// Paths remembered at most; past that, an arbitrary one is forgotten.
+const MAX_BASES: usize = 1024;
+
+/// The remembered bases of one vault's secrets, by path.
+#[derive(Default)]
+pub(super) struct WriteBases {
+    bases: Mutex<HashMap<String, WriteBase>>,
+}
+
+/// What one of our writes left of a secret.
+pub(super) struct WriteBase {
+    /// The record as the store holds it, revision included.
+    pub record: SecretRecord,
+    /// Its stored versions (ascending), when history retention is on.
+    pub versions: Option<Known>,
+}
+
+/// A secret's stored versions as a write knew them: every number, ascending,
+/// with its stamp where it was read or written.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Known(Vec<(u64, Option<VersionStamp>)>);
+
+impl Known {
+    pub fn of(history: &History) -> Self {
+        Self(match history {
+            History::Stamps(stamps) => stamps.iter().map(|s| (s.version, Some(*s))).collect(),
+            History::Numbers(numbers) => numbers.iter().map(|n| (*n, None)).collect(),
+        })
+    }
+
+    /// The history after `write` committed: its version added, the versions
+    /// it dropped gone.
+    fn after(mut self, write: &VersionWrite, dropped: &[u64]) -> Self {
+        let v = &write.version;
+        self.0
+            .retain(|(n, _)| !dropped.contains(n) && *n != v.version);
+        self.0.push((
+            v.version,
+            Some(VersionStamp {
+                version: v.version,
+                created_at: v.created_at,
+                expires_at: v.expires_at,
+            }),
+        ));
+        self.0.sort_unstable_by_key(|(n, _)| *n);
+        self
+    }
+
+    /// The numbers whose stamps are not known.
+    pub fn unknown(&self) -> Vec<u64> {
+        self.0
+            .iter()
+            .filter(|(_, s)| s.is_none())
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
+    /// As retention takes it, with `read` the stamps of the unknown ones
+    /// (ascending, as [`Self::unknown`] lists them): a version missing
+    /// from them was dropped since and no longer counts.
+    pub fn history(self, read: Vec<VersionStamp>) -> History {
+        let mut read = read.into_iter().peekable();
+        let stamps = self
+            .0
+            .into_iter()
+            .filter_map(|(n, known)| {
+                known.or_else(|| {
+                    while read.next_if(|s| s.version < n).is_some() {}
+                    read.next_if(|s| s.version == n)
+                })
+            })
+            .collect();
+        History::Stamps(stamps)
+    }
+}
+
+impl WriteBases {
+    /// Takes `path`'s base: a write starting from it is the only one that may.
+    pub fn take(&self, path: &str) -> Option<WriteBase> {
+        self.lock().remove(path)
+    }
+
+    /// Forgets `path`'s base (a write that is not a new version changed it).
+    pub fn forget(&self, path: &str) {
+        self.lock().remove(path);
+    }
+
+    /// Remembers what `write` left, if `outcome` says the store holds
+    /// exactly its plan on its base. `known` is the history it was planned on.
+    pub fn remember(&self, write: &VersionWrite, known: Option<Known>, outcome: &WriteOutcome) {
+        let WriteOutcome::AppliedOnBase { revision } = outcome else {
+            return;
+        };
+        let (mut record, dropped) = write.outcome(write.base.clone());
+        record.revision.clone_from(revision);
+        let versions = known.map(|k| k.after(write, &dropped));
+        let path = record.path.clone();
+        let mut bases = self.lock();
+        if bases.len() >= MAX_BASES && !bases.contains_key(&path) {
+            if let Some(any) = bases.keys().next().cloned() {
+                bases.remove(&any);
+            }
+        }
+        bases.insert(path, WriteBase { record, versions });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, WriteBase>> {
+        self.bases.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A committed write's version, whether it raced another, and its audit event
+/// (stored with the write: `true`; to record another way: `false`).
+pub(super) type Written = (u64, bool, Option<(AuditEvent, bool)>);
+
+impl Vault {
+    /// A write of `req` planned on `base`, if every check the ordinary path
+    /// makes passes on it; `None` sends the write the ordinary way, where
+    /// the checks are made, and any refusal answered and audited, on what the
+    /// store holds. Nothing here has an effect beyond reading.
+    pub(super) async fn plan_on_base(
+        &self,
+        access: &Access<'_>,
+        path: &SecretPath,
+        base: WriteBase,
+        req: &PutRequest,
+        once: Option<&Once<'_>>,
+        caller: &Caller,
+    ) -> Result<Option<(VersionWrite, Option<Known>)>, VaultError> {
+        let WriteBase { record, versions } = base;
+        let claimed = resource(Some(&record), path.as_str());
+        let grants = self.grants_for(&claimed).await?;
+        let allowed = self
+            .decide_with(access, Action::Write, claimed, &grants)
+            .is_ok_and(|d| d.allow);
+        if !allowed
+            || self.audit.check_open().is_err()
+            || check_scope(caller, record.scope.as_deref(), req.scope.as_deref()).is_err()
+            || req.cas.is_some_and(|cas| cas != record.active_version)
+        {
+            return Ok(None);
+        }
+        let history = match versions {
+            None => None,
+            Some(known) => {
+                let unknown = known.unknown();
+                let read = if unknown.is_empty() {
+                    Vec::new()
+                } else {
+                    self.store
+                        .stamps_of(&self.workload.tenant, path.as_str(), &unknown)
+                        .await?
+                };
+                Some(known.history(read))
+            }
+        };
+        let known = history.as_ref().map(Known::of);
+        let mut write = self
+            .plan_version(path, (Some(record), history), req, once, caller, false)
+            .await?;
+        write.base_only = true;
+        Ok(Some((write, known)))
+    }
+
+    /// What a write's commit answers; remembers what it left when the
+    /// store holds exactly its plan. `known`: the history it was planned on.
+    pub(super) fn written(
+        &self,
+        write: VersionWrite,
+        known: Option<Known>,
+        outcome: WriteOutcome,
+        raced: bool,
+    ) -> Result<Idempotent<Written>, VaultError> {
+        self.write_bases.remember(&write, known, &outcome);
+        let version = write.version.version;
+        let event = |stored: bool| write.audit.map(|a| (a.event, stored));
+        Ok(match outcome {
+            WriteOutcome::Applied | WriteOutcome::AppliedOnBase { .. } => {
+                Idempotent::Applied((version, raced, event(true)))
+            }
+            WriteOutcome::AppliedUnaudited => Idempotent::Applied((version, raced, event(false))),
+            WriteOutcome::Replayed(prior) => Idempotent::Replayed(prior),
+            // Only a write planned on a remembered base is told this.
+            WriteOutcome::Stale => return Err(VaultError::Raced),
+        })
+    }
+}
