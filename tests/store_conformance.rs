@@ -569,10 +569,12 @@ async fn a_base_only_write_never_commits_on_a_replaced_base(store: Arc<dyn Store
     let outcome = store.write_version(T, &second).await.unwrap();
     assert!(outcome.applied(), "{outcome:?}");
     let stored = read(store.clone()).await;
-    if let WriteOutcome::AppliedOnBase { revision } = &outcome {
+    if let WriteOutcome::AppliedOnBase(committed) = &outcome {
         let (mut planned, _) = second.outcome(Some(base.clone()));
-        planned.revision.clone_from(revision);
-        assert_eq!(stored, planned, "the planned record, as is");
+        assert_ne!(committed.revision, base.revision, "a new revision");
+        planned.revision.clone_from(&committed.revision);
+        assert_eq!(**committed, planned, "the planned record");
+        assert_eq!(stored, planned, "stored as planned");
     }
     assert_eq!(store.audit_newest(T, 10).await.unwrap().len(), 1);
 

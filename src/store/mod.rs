@@ -252,14 +252,12 @@ impl<T> Idempotent<T> {
 }
 
 /// How a [`VersionWrite`] ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum WriteOutcome {
     Applied,
-    /// Applied as planned on `base`: the store now holds exactly
-    /// [`VersionWrite::outcome`] of the base, under this new revision.
-    AppliedOnBase {
-        revision: String,
-    },
+    /// Applied as planned on `base`: the store now holds exactly this
+    /// record, [`VersionWrite::outcome`] of the base under a new revision.
+    AppliedOnBase(Box<SecretRecord>),
     /// Applied, but the audit stream would not take its event (a damaged
     /// stream key); the caller must record the event another way.
     AppliedUnaudited,
@@ -276,7 +274,7 @@ impl WriteOutcome {
     pub fn applied(&self) -> bool {
         matches!(
             self,
-            Self::Applied | Self::AppliedOnBase { .. } | Self::AppliedUnaudited
+            Self::Applied | Self::AppliedOnBase(_) | Self::AppliedUnaudited
         )
     }
 }

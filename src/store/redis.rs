@@ -1148,7 +1148,10 @@ impl Store for RedisStore {
                 .map_err(unavailable)?;
             return match reply.as_slice() {
                 [Value::Int(1)] => Ok(WriteOutcome::Applied),
-                [Value::Int(1), Value::Int(1)] => Ok(WriteOutcome::AppliedOnBase { revision }),
+                [Value::Int(1), Value::Int(1)] => Ok(match outcome {
+                    Some(record) => WriteOutcome::AppliedOnBase(Box::new(record)),
+                    None => WriteOutcome::Applied,
+                }),
                 [Value::Int(3)] => Ok(WriteOutcome::AppliedUnaudited),
                 [Value::Int(2), Value::BulkString(prior)] => {
                     Ok(WriteOutcome::Replayed(prior.clone()))

@@ -12,15 +12,17 @@
 //! write's own script: every write of the record changes it, and every write
 //! that adds, drops or re-dates a version writes the record, so the versions
 //! and stamps remembered with it hold as long as it does). If another write
-//! came between, nothing is written and the
-//! write is planned again from what the store holds, with every check
-//! (policy, scope, `cas`) made again on it; a check that fails on the
-//! remembered record is never answered from it either. So a remembered base
-//! can cost a round trip, never a wrong answer.
+//! came between, nothing is written and the write is planned again from
+//! what the store holds, with every check (policy, scope, `cas`) made again
+//! on it; a check that fails on the remembered record is never answered
+//! from it either. So a remembered base can cost a round trip, never a
+//! wrong answer.
 //!
 //! Only a write the store says it committed as planned on its base
-//! ([`WriteOutcome::AppliedOnBase`]) is remembered, under the revision the
-//! store gave it; the embedded store gives none, so there nothing is.
+//! ([`WriteOutcome::AppliedOnBase`]) is remembered, as the record the store
+//! holds now. The embedded store never says so (it keeps no revisions, and
+//! writes that drop versions need not change the record), so there every
+//! write reads first.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -65,20 +67,13 @@ impl Known {
         })
     }
 
-    /// The history after `write` committed: its version added, the versions
-    /// it dropped gone.
-    fn after(mut self, write: &VersionWrite, dropped: &[u64]) -> Self {
-        let v = &write.version;
+    /// The history after a write of `written` that dropped `prune` and left
+    /// `active` active (which is never dropped, as in [`VersionWrite::outcome`]).
+    fn after(mut self, written: VersionStamp, prune: &[u64], active: u64) -> Self {
+        let dropped = |n: u64| n != active && prune.contains(&n);
         self.0
-            .retain(|(n, _)| !dropped.contains(n) && *n != v.version);
-        self.0.push((
-            v.version,
-            Some(VersionStamp {
-                version: v.version,
-                created_at: v.created_at,
-                expires_at: v.expires_at,
-            }),
-        ));
+            .retain(|(n, _)| !dropped(*n) && *n != written.version);
+        self.0.push((written.version, Some(written)));
         self.0.sort_unstable_by_key(|(n, _)| *n);
         self
     }
@@ -125,12 +120,12 @@ impl WriteBases {
     /// Remembers what `write` left, if `outcome` says the store holds
     /// exactly its plan on its base. `known` is the history it was planned on.
     pub fn remember(&self, write: &VersionWrite, known: Option<Known>, outcome: &WriteOutcome) {
-        let WriteOutcome::AppliedOnBase { revision } = outcome else {
+        let WriteOutcome::AppliedOnBase(record) = outcome else {
             return;
         };
-        let (mut record, dropped) = write.outcome(write.base.clone());
-        record.revision.clone_from(revision);
-        let versions = known.map(|k| k.after(write, &dropped));
+        let record = SecretRecord::clone(record);
+        let written = write.version.stamp();
+        let versions = known.map(|k| k.after(written, &write.prune, record.active_version));
         let path = record.path.clone();
         let mut bases = self.lock();
         if bases.len() >= MAX_BASES && !bases.contains_key(&path) {
@@ -212,7 +207,7 @@ impl Vault {
         let version = write.version.version;
         let event = |stored: bool| write.audit.map(|a| (a.event, stored));
         Ok(match outcome {
-            WriteOutcome::Applied | WriteOutcome::AppliedOnBase { .. } => {
+            WriteOutcome::Applied | WriteOutcome::AppliedOnBase(_) => {
                 Idempotent::Applied((version, raced, event(true)))
             }
             WriteOutcome::AppliedUnaudited => Idempotent::Applied((version, raced, event(false))),
@@ -220,5 +215,47 @@ impl Vault {
             // Only a write planned on a remembered base is told this.
             WriteOutcome::Stale => return Err(VaultError::Raced),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+
+    use super::*;
+
+    fn stamp(version: u64, graced: bool) -> VersionStamp {
+        let at = |s| Utc.timestamp_opt(s, 0).single().expect("time");
+        VersionStamp {
+            version,
+            created_at: at(1_000 + version as i64),
+            expires_at: graced.then(|| at(9_999_999_999)),
+        }
+    }
+
+    #[test]
+    fn a_write_adds_its_version_and_drops_what_it_pruned_but_the_active_one() {
+        let known = Known::of(&History::Numbers(vec![1, 2, 3]));
+        let after = known.after(stamp(4, false), &[1, 2], 2);
+        assert_eq!(
+            after,
+            Known(vec![(2, None), (3, None), (4, Some(stamp(4, false)))])
+        );
+        assert_eq!(after.unknown(), [2, 3]);
+    }
+
+    #[test]
+    fn unknown_stamps_are_filled_from_a_read_and_vanished_versions_no_longer_count() {
+        let known = Known(vec![
+            (2, None),
+            (3, None),
+            (5, None),
+            (6, Some(stamp(6, false))),
+        ]);
+        // Version 3 was dropped by another write since.
+        let History::Stamps(stamps) = known.history(vec![stamp(2, true), stamp(5, false)]) else {
+            panic!("stamps");
+        };
+        assert_eq!(stamps, [stamp(2, true), stamp(5, false), stamp(6, false)]);
     }
 }
