@@ -39,6 +39,9 @@ use crate::store::{Idempotent, VersionWrite, WriteOutcome};
 
 /// Paths remembered at most; past that, an arbitrary one is forgotten.
 const MAX_BASES: usize = 1024;
+/// A secret with a longer history (retention by age alone keeps any number)
+/// is not remembered: its next write reads, so a base stays a few KiB.
+const MAX_VERSIONS: usize = 64;
 
 /// The remembered bases of one vault's secrets, by path.
 #[derive(Default)]
@@ -128,6 +131,10 @@ impl WriteBases {
         let versions = known.map(|k| k.after(written, &write.prune, record.active_version));
         let path = record.path.clone();
         let mut bases = self.lock();
+        if versions.as_ref().is_some_and(|k| k.0.len() > MAX_VERSIONS) {
+            bases.remove(&path);
+            return;
+        }
         if bases.len() >= MAX_BASES && !bases.contains_key(&path) {
             if let Some(any) = bases.keys().next().cloned() {
                 bases.remove(&any);
