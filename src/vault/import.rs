@@ -181,6 +181,9 @@ impl Vault {
                         duplicates: parsed.duplicates.clone(),
                     };
                     let record = self.once_record(once, &report)?;
+                    for commit in &commits {
+                        self.write_bases.forget(&commit.record.path);
+                    }
                     Ok(
                         match self
                             .store

@@ -218,6 +218,7 @@ impl Vault {
                 Idempotent::Applied((version, raced, event(true)))
             }
             WriteOutcome::AppliedUnaudited => Idempotent::Applied((version, raced, event(false))),
+            // A retry of this request on another sidecar got there first.
             WriteOutcome::Replayed(prior) => Idempotent::Replayed(prior),
             // Only a write planned on a remembered base is told this.
             WriteOutcome::Stale => return Err(VaultError::Raced),
