@@ -386,13 +386,10 @@ async fn warm_reads_cost_redis_nothing_but_batched_audit_appends() {
     let client = sidecar.client();
     let mut redis = shared.redis.connection();
     put_value(&client, "hot/key", "hot-value-1").await;
-    for _ in 0..500 {
-        if subscribers(&mut redis, "acme") == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(subscribers(&mut redis, "acme"), 1, "the sidecar subscribes");
+    until("the sidecar's subscription", || {
+        subscribers(&mut redis, "acme") == 1
+    })
+    .await;
     // Warm up: until one read costs no read command.
     let mut warm = false;
     for _ in 0..100 {
@@ -607,12 +604,10 @@ async fn a_sidecars_rewrite_of_its_own_secret_is_one_command() {
     assert_eq!(put_value(&ca, "own/key", "v1").await, 1);
     assert_eq!(put_value(&ca, "own/key", "v2").await, 2);
     // Nothing of the sidecar's start-up left to send.
-    for _ in 0..500 {
-        if subscribers(&mut redis, "acme") == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until("the sidecar's subscription", || {
+        subscribers(&mut redis, "acme") == 1
+    })
+    .await;
     reset_stats(&mut redis);
     assert_eq!(put_value(&ca, "own/key", "v3").await, 3);
     let mut calls = command_calls(&mut redis);

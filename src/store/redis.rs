@@ -1075,12 +1075,6 @@ impl Store for RedisStore {
         write: &VersionWrite,
     ) -> Result<WriteOutcome, StoreError> {
         let path = &write.initial.path;
-        let mut conn = self.conn().await?;
-        let (idem_key, answer, ttl_ms) = once_args(tenant, write.idempotency.as_ref());
-        let (event, max_len) = match &write.audit {
-            Some(a) => (a.event.to_json(), a.max_len.max(1)),
-            None => (Vec::new(), 1),
-        };
         // The base, if the script may commit the write's outcome on it as is.
         let base = write.base.as_ref();
         let usable = match base {
@@ -1088,6 +1082,15 @@ impl Store for RedisStore {
             None => Some("-"),
             Some(record) if record.revision.is_empty() => None,
             Some(record) => Some(record.revision.as_str()),
+        };
+        if write.base_only && usable.is_none() {
+            return Ok(WriteOutcome::Stale);
+        }
+        let mut conn = self.conn().await?;
+        let (idem_key, answer, ttl_ms) = once_args(tenant, write.idempotency.as_ref());
+        let (event, max_len) = match &write.audit {
+            Some(a) => (a.event.to_json(), a.max_len.max(1)),
+            None => (Vec::new(), 1),
         };
         let revision = new_revision();
         let (outcome, dropped) = match usable {
@@ -1110,9 +1113,6 @@ impl Store for RedisStore {
             idem_key,
             tenant_key(tenant, "audit"),
         ];
-        if write.base_only && usable.is_none() {
-            return Ok(WriteOutcome::Stale);
-        }
         // With a usable base the first call leaves out what only a rebase
         // reads; the script asks for it ({4}) if the base has moved on.
         let mut rebase = usable.is_none();

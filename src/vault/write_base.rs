@@ -120,13 +120,9 @@ impl WriteBases {
         self.lock().remove(path);
     }
 
-    /// Remembers what `write` left, if `outcome` says the store holds
-    /// exactly its plan on its base. `known` is the history it was planned on.
-    pub fn remember(&self, write: &VersionWrite, known: Option<Known>, outcome: &WriteOutcome) {
-        let WriteOutcome::AppliedOnBase(record) = outcome else {
-            return;
-        };
-        let record = SecretRecord::clone(record);
+    /// Remembers what `write` left: `record`, which the store says it holds
+    /// as planned on the write's base. `known` is the history it was planned on.
+    fn remember(&self, write: &VersionWrite, known: Option<Known>, record: SecretRecord) {
         let written = write.version.stamp();
         let versions = known.map(|k| k.after(written, &write.prune, record.active_version));
         let path = record.path.clone();
@@ -210,19 +206,20 @@ impl Vault {
         outcome: WriteOutcome,
         raced: bool,
     ) -> Result<Idempotent<Written>, VaultError> {
-        self.write_bases.remember(&write, known, &outcome);
-        let version = write.version.version;
-        let event = |stored: bool| write.audit.map(|a| (a.event, stored));
-        Ok(match outcome {
-            WriteOutcome::Applied | WriteOutcome::AppliedOnBase(_) => {
-                Idempotent::Applied((version, raced, event(true)))
+        let stored = match outcome {
+            WriteOutcome::AppliedOnBase(record) => {
+                self.write_bases.remember(&write, known, *record);
+                true
             }
-            WriteOutcome::AppliedUnaudited => Idempotent::Applied((version, raced, event(false))),
+            WriteOutcome::Applied => true,
+            WriteOutcome::AppliedUnaudited => false,
             // A retry of this request on another sidecar got there first.
-            WriteOutcome::Replayed(prior) => Idempotent::Replayed(prior),
+            WriteOutcome::Replayed(prior) => return Ok(Idempotent::Replayed(prior)),
             // Only a write planned on a remembered base is told this.
             WriteOutcome::Stale => return Err(VaultError::Raced),
-        })
+        };
+        let event = write.audit.map(|a| (a.event, stored));
+        Ok(Idempotent::Applied((write.version.version, raced, event)))
     }
 }
 
