@@ -13,7 +13,8 @@ WORKDIR /src
 ENV CARGO_PROFILE_RELEASE_DEBUG=0 \
     CARGO_PROFILE_RELEASE_STRIP=symbols \
     CARGO_TERM_COLOR=never
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY link ./link
 COPY benches ./benches
 COPY policies ./policies
 COPY src ./src

@@ -902,21 +902,34 @@ fn dockerfile_final_stage_is_distroless_nonroot_with_only_the_binary() {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .collect();
     assert_eq!(rules[0], "*", "deny everything, then allow");
-    for copied in ["Cargo.toml", "Cargo.lock", "benches/", "src/"] {
-        assert!(
-            rules.contains(&format!("!{copied}").as_str()),
-            "{copied} is not let in"
-        );
-    }
     assert!(rules.contains(&"!policies/*.rego"));
+    // every source the build stage copies exists and is let in: the build
+    // script and its symbol order too, or the image's binary is linked without them
+    let mut sources = Vec::new();
     for (keyword, rest) in &all[..*stages.last().unwrap()] {
         if keyword == "COPY" {
-            let source = rest.split_whitespace().next().unwrap();
-            assert!(
-                Path::new(&repo().join(source)).exists(),
-                "COPY {source}: no such path"
-            );
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            let (_destination, copied) = words.split_last().unwrap();
+            sources.extend(copied.iter().filter(|w| !w.starts_with("--")).copied());
         }
+    }
+    for must in ["Cargo.toml", "Cargo.lock", "build.rs", "link", "src"] {
+        assert!(
+            sources.contains(&must),
+            "the build stage does not copy {must}"
+        );
+    }
+    for source in sources {
+        assert!(
+            Path::new(&repo().join(source)).exists(),
+            "COPY {source}: no such path"
+        );
+        assert!(
+            rules
+                .iter()
+                .any(|r| *r == format!("!{source}") || r.starts_with(&format!("!{source}/"))),
+            "COPY {source}: not let in by .dockerignore"
+        );
     }
 }
 
