@@ -120,11 +120,17 @@ impl WriteBases {
         self.lock().remove(path);
     }
 
-    /// Remembers what `write` left: `record`, which the store says it holds
-    /// as planned on the write's base. `known` is the history it was planned on.
-    fn remember(&self, write: &VersionWrite, known: Option<Known>, record: SecretRecord) {
-        let written = write.version.stamp();
-        let versions = known.map(|k| k.after(written, &write.prune, record.active_version));
+    /// Remembers what a write of `written` that dropped `prune` left:
+    /// `record`, which the store says it holds as planned on the write's
+    /// base. `known` is the history it was planned on.
+    fn remember(
+        &self,
+        written: VersionStamp,
+        prune: &[u64],
+        known: Option<Known>,
+        record: SecretRecord,
+    ) {
+        let versions = known.map(|k| k.after(written, prune, record.active_version));
         let path = record.path.clone();
         let mut bases = self.lock();
         if versions.as_ref().is_some_and(|k| k.0.len() > MAX_VERSIONS) {
@@ -208,7 +214,9 @@ impl Vault {
     ) -> Result<Idempotent<Written>, VaultError> {
         let stored = match outcome {
             WriteOutcome::AppliedOnBase(record) => {
-                self.write_bases.remember(&write, known, *record);
+                let written = write.version.stamp();
+                self.write_bases
+                    .remember(written, &write.prune, known, *record);
                 true
             }
             WriteOutcome::Applied => true,
@@ -236,6 +244,61 @@ mod tests {
             created_at: at(1_000 + version as i64),
             expires_at: graced.then(|| at(9_999_999_999)),
         }
+    }
+
+    fn record(path: &str, version: u64) -> SecretRecord {
+        serde_json::from_value(serde_json::json!({
+            "tenant": "acme", "path": path, "active_version": version,
+            "latest_version": version, "type": "api_key", "tier": "standard",
+            "description": null, "tags": {}, "scope": null,
+            "owner": "spiffe://example.org/agent/acme/a",
+            "created_at": "2026-12-05T00:00:00Z", "updated_at": "2026-12-05T00:00:00Z",
+            "revision": "r",
+        }))
+        .expect("record")
+    }
+
+    fn history(versions: u64) -> Option<Known> {
+        Some(Known::of(&History::Numbers((1..=versions).collect())))
+    }
+
+    #[test]
+    fn a_history_longer_than_64_versions_is_not_remembered() {
+        let bases = WriteBases::default();
+        bases.remember(stamp(64, false), &[], history(63), record("k", 64));
+        let base = bases.take("k").expect("64 versions are remembered");
+        assert_eq!(base.versions.map(|k| k.0.len()), Some(MAX_VERSIONS));
+
+        bases.remember(stamp(64, false), &[], history(63), record("k", 64));
+        bases.remember(stamp(65, false), &[], history(64), record("k", 65));
+        assert!(
+            bases.take("k").is_none(),
+            "65 versions are not, nor the 64 before"
+        );
+
+        // A write that pruned stays under the cap.
+        bases.remember(stamp(65, false), &[1], history(64), record("k", 65));
+        assert!(bases.take("k").is_some());
+        // Without history retention there is no history to bound.
+        bases.remember(stamp(500, false), &[], None, record("k", 500));
+        assert!(bases.take("k").is_some());
+    }
+
+    #[test]
+    fn at_most_1024_paths_are_remembered_and_the_newest_always_is() {
+        let bases = WriteBases::default();
+        for i in 0..MAX_BASES + 10 {
+            let path = format!("p{i}");
+            bases.remember(stamp(1, false), &[], None, record(&path, 1));
+            assert!(bases.lock().contains_key(&path), "{path} just written");
+            assert_eq!(bases.lock().len(), (i + 1).min(MAX_BASES));
+        }
+        // Rewriting a remembered path forgets no other.
+        let kept = bases.lock().keys().next().cloned().expect("a path");
+        bases.remember(stamp(2, false), &[], None, record(&kept, 2));
+        assert_eq!(bases.lock().len(), MAX_BASES);
+        let base = bases.take(&kept).expect("rewritten");
+        assert_eq!(base.record.active_version, 2);
     }
 
     #[test]
