@@ -5,7 +5,10 @@
 //! - a bare hyper server on a Unix socket answering a fixed body (the
 //!   transport's ceiling);
 //! - sidecar GET warm (the sealed-record cache on) and cold (`--cache-max-entries 0`),
-//!   and PUT.
+//!   and PUT;
+//! - the same, and the bare server, on one worker thread each: the sidecar
+//!   sizes its runtime by the CPUs it may use, so under the injected CPU limit
+//!   (100m) a pod's sidecar runs one.
 //!
 //! Then, from `INFO commandstats`, `INFO cpu` and the sidecars' own CPU
 //! time: Redis and sidecar CPU per audited read, warm and cold, and per PUT; and the invalidation latency: a PUT on sidecar A until
@@ -145,6 +148,17 @@ fn sidecar_get(conn: &mut Connection, k: usize) -> BoxFuture<'_, ()> {
     })
 }
 
+/// The bare server answers any path; the sidecar's read path is sent alike.
+fn bare_get(conn: &mut Connection, _k: usize) -> BoxFuture<'_, ()> {
+    Box::pin(async move {
+        let reply = conn
+            .send(Method::GET, "/v1/secrets/bench/k0", None)
+            .await
+            .expect("GET");
+        assert_eq!(reply.status, 200);
+    })
+}
+
 fn sidecar_put(conn: &mut Connection, k: usize) -> BoxFuture<'_, ()> {
     Box::pin(async move {
         let body = serde_json::json!({ "value": VALUE })
@@ -170,15 +184,15 @@ fn redis_get(conn: &mut redis::aio::ConnectionManager, k: usize) -> BoxFuture<'_
 }
 
 /// A bare hyper HTTP/1.1 server on a Unix socket answering every request with
-/// the same body, on its own two-worker runtime (as the sidecar has).
-fn bare_hyper(socket: &Path) {
+/// the same body, on its own runtime of `workers` threads (as the sidecar has).
+fn bare_hyper(socket: &Path, workers: usize) {
     let socket = socket.to_owned();
     let body = Bytes::from(
         serde_json::json!({"path": "bench/k0", "value": VALUE, "version": 1}).to_string(),
     );
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(workers)
             .enable_all()
             .build()
             .expect("runtime");
@@ -373,11 +387,25 @@ fn main() {
         &keyring,
         &["--cache-max-entries", "0"],
     );
+    let one = ["--worker-threads", "1"];
+    let (_warm1, warm1_socket) = sidecar(this_build, dir.path(), "warm1", &url, &keyring, &one);
+    let (_cold1, cold1_socket) = sidecar(
+        this_build,
+        dir.path(),
+        "cold1",
+        &url,
+        &keyring,
+        &[&one[..], &["--cache-max-entries", "0"]].concat(),
+    );
     let bare_socket = dir.path().join("bare.sock");
-    bare_hyper(&bare_socket);
-    wait_until("the bare server", || {
-        std::os::unix::net::UnixStream::connect(&bare_socket).is_ok()
-    });
+    let bare1_socket = dir.path().join("bare1.sock");
+    bare_hyper(&bare_socket, 2);
+    bare_hyper(&bare1_socket, 1);
+    for socket in [&bare_socket, &bare1_socket] {
+        wait_until("the bare server", || {
+            std::os::unix::net::UnixStream::connect(socket).is_ok()
+        });
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -435,13 +463,7 @@ fn main() {
         };
         for _ in 0..ROUNDS {
             keep("raw Redis GET", measure(redis_setup(url.clone()), redis_get).await);
-            keep("bare hyper, fixed body", measure(socket_setup(&bare_socket), |conn: &mut Connection, _| {
-                Box::pin(async move {
-                    let reply = conn.send(Method::GET, "/v1/secrets/bench/k0", None).await.expect("GET");
-                    assert_eq!(reply.status, 200);
-                })
-            })
-            .await);
+            keep("bare hyper, fixed body", measure(socket_setup(&bare_socket), bare_get).await);
             keep("sidecar GET, warm", measure(socket_setup(&warm_socket), sidecar_get).await);
             keep("sidecar GET, cold", measure(socket_setup(&cold_socket), sidecar_get).await);
             keep("raw Redis SET", measure(redis_setup(url.clone()), |conn: &mut redis::aio::ConnectionManager, k| {
@@ -451,6 +473,10 @@ fn main() {
             })
             .await);
             keep("sidecar PUT", measure(socket_setup(&warm_socket), sidecar_put).await);
+            keep("1 thread: bare hyper", measure(socket_setup(&bare1_socket), bare_get).await);
+            keep("1 thread: sidecar GET, warm", measure(socket_setup(&warm1_socket), sidecar_get).await);
+            keep("1 thread: sidecar GET, cold", measure(socket_setup(&cold1_socket), sidecar_get).await);
+            keep("1 thread: sidecar PUT", measure(socket_setup(&warm1_socket), sidecar_put).await);
         }
         let raw_get = best["raw Redis GET"];
         let bare = best["bare hyper, fixed body"];
@@ -460,15 +486,23 @@ fn main() {
             VALUE.len(),
             MEASURE.as_secs()
         );
-        println!("{:<26}{:>12}{:>14}{:>16}{:>14}", "operation", "ops/s", "vs Redis GET", "vs bare hyper", "vs Redis SET");
-        for name in ["raw Redis GET", "bare hyper, fixed body", "sidecar GET, warm", "sidecar GET, cold", "raw Redis SET", "sidecar PUT"] {
+        println!("{:<30}{:>12}{:>14}{:>16}{:>14}", "operation", "ops/s", "vs Redis GET", "vs bare hyper", "vs Redis SET");
+        let print = |name: &str, bare: f64| {
             let ops = best[name];
             println!(
-                "{name:<26}{ops:>12.0}{:>13.2}x{:>15.2}x{:>13.2}x",
+                "{name:<30}{ops:>12.0}{:>13.2}x{:>15.2}x{:>13.2}x",
                 ops / raw_get,
                 ops / bare,
                 ops / raw_set
             );
+        };
+        for name in ["raw Redis GET", "bare hyper, fixed body", "sidecar GET, warm", "sidecar GET, cold", "raw Redis SET", "sidecar PUT"] {
+            print(name, bare);
+        }
+        // One worker thread each, the sidecar as a pod under the injected
+        // CPU limit runs it; "vs bare hyper" is against the bare server on one too.
+        for name in ["1 thread: bare hyper", "1 thread: sidecar GET, warm", "1 thread: sidecar GET, cold", "1 thread: sidecar PUT"] {
+            print(name, best["1 thread: bare hyper"]);
         }
 
         // Redis's cost per read, warm (cache on) and cold, audited alike.
