@@ -8,11 +8,12 @@
 //!
 //! Where the linker is lld (Rust's default on x86_64 Linux since 1.90), the
 //! functions a sidecar runs from start to idle, listed in
-//! `link/symbol-order.txt` by `scripts/symbol-order`, are placed first and
-//! side by side. The kernel maps the 64 KiB around every page of code a process
-//! touches, so spread over the whole binary those few MiB kept nearly all of
-//! it resident. A name the list has and the binary lacks is skipped without a
-//! warning: a stale list places fewer functions, nothing else.
+//! `link/symbol-order.txt` by `scripts/symbol-order` (those its requests run
+//! first, the most run first), are placed first and side by side. The kernel
+//! maps the 64 KiB around every page of code a process touches, so spread
+//! over the whole binary those few MiB kept nearly all of it resident. A name
+//! the list has and the binary lacks is skipped without a warning: a stale
+//! list places fewer functions, nothing else.
 
 use std::path::Path;
 
@@ -37,8 +38,9 @@ fn main() {
 
 /// Whether rustc links this target with lld: its default on
 /// `x86_64-unknown-linux-gnu` since Rust 1.90 unless a linker or linker
-/// flavor is configured (`-C linker-features=-lld`, `-fuse-ld=mold`). GNU ld has no symbol ordering file, and would refuse
-/// the flag.
+/// flavor is configured (`-C linker-features=-lld`, `-fuse-ld=mold`; any
+/// linker flag counts, to be safe). GNU ld has no symbol ordering file and
+/// would refuse the flag.
 fn links_with_lld() -> bool {
     let target = std::env::var("TARGET").unwrap_or_default();
     let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();

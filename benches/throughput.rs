@@ -148,7 +148,7 @@ fn sidecar_get(conn: &mut Connection, k: usize) -> BoxFuture<'_, ()> {
     })
 }
 
-/// The bare server answers any path; the sidecar's read path is sent alike.
+/// A read of one secret's path, which the bare server answers like any other.
 fn bare_get(conn: &mut Connection, _k: usize) -> BoxFuture<'_, ()> {
     Box::pin(async move {
         let reply = conn
