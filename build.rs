@@ -29,10 +29,14 @@ fn main() {
     println!("cargo:rerun-if-changed={}", order.display());
     if order.is_file() && links_with_lld() {
         let order = std::fs::canonicalize(order).unwrap_or_else(|_| order.to_path_buf());
+        // `-Xlinker` hands the linker one argument as is: `-Wl,` would split
+        // a path with a comma in it.
+        println!("cargo:rustc-link-arg-bins=-Xlinker");
         println!(
-            "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={},--no-warn-symbol-ordering",
+            "cargo:rustc-link-arg-bins=--symbol-ordering-file={}",
             order.display()
         );
+        println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
     }
 }
 
