@@ -8,7 +8,7 @@
 #   docker build -t ghcr.io/agentvault/agentvault:0.1.0 .
 
 # ---- build: the release binary, without debug info ----
-FROM rust:1.95-bookworm AS build
+FROM rust:1.95.0-bookworm AS build
 WORKDIR /src
 ENV CARGO_PROFILE_RELEASE_DEBUG=0 \
     CARGO_PROFILE_RELEASE_STRIP=symbols \
@@ -21,7 +21,7 @@ COPY src ./src
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --profile dist --locked --bin agentvault \
- && cp target/dist/agentvault /usr/local/bin/agentvault
+ && strip -o /usr/local/bin/agentvault target/dist/agentvault
 
 # ---- runtime: nothing but the binary ----
 FROM gcr.io/distroless/cc-debian12:nonroot

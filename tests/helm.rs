@@ -882,6 +882,18 @@ fn dockerfile_final_stage_is_distroless_nonroot_with_only_the_binary() {
         build.1.contains("--profile dist --locked"),
         "the image ships the dist build: {build:?}"
     );
+    // the dist profile keeps its symbols (the symbol order names them): the image strips them
+    assert!(
+        build
+            .1
+            .contains("strip -o /usr/local/bin/agentvault target/dist/agentvault"),
+        "the image strips the dist build: {build:?}"
+    );
+    assert!(
+        all[stages[0]].1.starts_with("rust:1.95.0-"),
+        "the toolchain link/symbol-order.txt was made with is pinned: {:?}",
+        all[stages[0]]
+    );
     assert_eq!(
         last.last().unwrap(),
         &(
