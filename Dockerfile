@@ -7,12 +7,12 @@
 #
 #   docker build -t ghcr.io/agentvault/agentvault:0.1.0 .
 
-# ---- build: the release binary, without debug info ----
+# ---- build: the dist binary (no debug info), stripped after the build ----
+# The dist profile's own settings are the ones link/symbol-order.txt was made
+# with: override none of them here, or the symbol order names nothing.
 FROM rust:1.95.0-bookworm AS build
 WORKDIR /src
-ENV CARGO_PROFILE_RELEASE_DEBUG=0 \
-    CARGO_PROFILE_RELEASE_STRIP=symbols \
-    CARGO_TERM_COLOR=never
+ENV CARGO_TERM_COLOR=never
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY link ./link
 COPY benches ./benches
